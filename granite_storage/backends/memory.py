@@ -1,0 +1,90 @@
+"""An in-process backend with the same behaviour as the others: for tests,
+fixtures and examples."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from granite_storage.contracts import (
+    BytesReader,
+    ObjectInfo,
+    ObjectReader,
+    PutResult,
+    StorageBackend,
+)
+from granite_storage.errors import ObjectNotFoundError
+from granite_storage.locations import is_under_prefix, validate_location, validate_prefix
+from granite_storage.refs import StoredObjectRef
+from granite_storage.streams import Sha256Digest
+
+__all__ = ["MemoryStorageBackend"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    data: bytes
+    last_modified: datetime
+
+
+class MemoryStorageBackend(StorageBackend):
+    """Objects kept in a dict, with atomic puts, listings and timestamps.
+
+    :param clock: returns the current UTC time; tests pass their own to age
+        objects without sleeping.
+    """
+
+    backend_name = "memory"
+
+    def __init__(self, *, clock: Callable[[], datetime] | None = None) -> None:
+        self._objects: dict[str, _Entry] = {}
+        self._clock = clock or (lambda: datetime.now(UTC))
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+    async def aput_stream(
+        self,
+        *,
+        key: str,
+        chunks: AsyncIterator[bytes],
+        content_type: str | None = None,
+    ) -> PutResult:
+        location = validate_location(key)
+        digest = Sha256Digest()
+        parts: list[bytes] = []
+        async for chunk in chunks:
+            await digest.aupdate(chunk)
+            parts.append(chunk)
+        # Only a complete upload becomes visible: nothing was stored before this line.
+        self._objects[location] = _Entry(b"".join(parts), self._clock())
+        return PutResult(size=digest.size, checksum=digest.checksum)
+
+    @asynccontextmanager
+    async def _aopen(
+        self,
+        location: str,
+        *,
+        size: int | None,
+        start: int,
+        end: int | None,
+        expected: StoredObjectRef | None,
+    ) -> AsyncIterator[ObjectReader]:
+        entry = self._objects.get(location)
+        if entry is None:
+            raise ObjectNotFoundError(f"no object at {location!r}", location=location)
+        yield BytesReader(entry.data[start:end], expected=expected)
+
+    async def _adelete(self, location: str) -> None:
+        self._objects.pop(location, None)
+
+    async def _aexists(self, location: str) -> bool:
+        return location in self._objects
+
+    async def aiter_objects(self, prefix: str | None = None) -> AsyncIterator[ObjectInfo]:
+        prefix = validate_prefix(prefix)
+        for location, entry in list(self._objects.items()):
+            if is_under_prefix(location, prefix):
+                yield ObjectInfo(location, len(entry.data), entry.last_modified)

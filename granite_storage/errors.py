@@ -1,0 +1,104 @@
+"""The exceptions granite_storage raises.
+
+Every exception derives from :class:`StorageError`, so ``except StorageError``
+catches anything this library raises on purpose. Backend and operating-system
+errors never escape raw: they are wrapped at one edge per backend, with the
+original exception kept as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "ChecksumMismatchError",
+    "ConfigurationError",
+    "ContentTooLargeError",
+    "InvalidLocationError",
+    "ObjectNotFoundError",
+    "OperationNotSupportedError",
+    "StorageError",
+    "UnsafeCollectionError",
+]
+
+
+class StorageError(Exception):
+    """Base class of every error raised by granite_storage.
+
+    Raised as is for configuration mistakes such as an unknown storage key
+    (``manager.get_policy("nope")``).
+    """
+
+    #: The HTTP status a web layer should answer with, when one fits.
+    status_code: int = 500
+
+
+class ConfigurationError(StorageError):
+    """The manager, a policy or a backend is configured inconsistently.
+
+    Examples: a policy names a backend that was not given to the manager, or
+    a model uses the mixin before ``configure_storage_manager`` was called.
+    """
+
+
+class ContentTooLargeError(StorageError):
+    """An upload passed its policy's ``max_size``.
+
+    Raised the moment the limit is passed while streaming; nothing of the
+    upload remains in the backend afterwards. Maps to HTTP 413.
+    """
+
+    status_code = 413
+
+    def __init__(self, message: str, *, max_size: int | None = None) -> None:
+        super().__init__(message)
+        self.max_size = max_size
+
+
+class ObjectNotFoundError(StorageError):
+    """The object a ref points to does not exist in its backend. HTTP 404."""
+
+    status_code = 404
+
+    def __init__(self, message: str, *, location: str | None = None) -> None:
+        super().__init__(message)
+        self.location = location
+
+
+class InvalidLocationError(StorageError, ValueError):
+    """A location, prefix or path segment cannot be made safe.
+
+    Raised before any I/O for input that would escape a backend root or a
+    policy prefix (``..``, absolute paths, NUL bytes, ...). HTTP 400.
+    """
+
+    status_code = 400
+
+
+class ChecksumMismatchError(StorageError):
+    """The bytes read back do not match the ref's size or sha256 checksum.
+
+    Raised by ``aget(ref, verify=True)`` and by readers opened with
+    ``verify=True`` once the whole object has been read.
+    """
+
+    def __init__(self, message: str, *, expected: str, actual: str) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.actual = actual
+
+
+class OperationNotSupportedError(StorageError):
+    """The backend cannot do what was asked (for example presign a URL)."""
+
+    status_code = 501
+
+
+class BackendError(StorageError):
+    """A backend or the operating system failed (disk full, permission
+    denied, network error, server error). The original error is ``__cause__``."""
+
+
+class UnsafeCollectionError(StorageError):
+    """The garbage collector refused a run that could delete objects that do
+    not belong to the policy being collected (for example two policies share
+    a backend and no key prefix tells their objects apart)."""

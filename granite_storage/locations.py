@@ -1,0 +1,154 @@
+"""Build, sanitise and validate object locations. Pure functions, no I/O.
+
+A location is a relative, ``/``-separated key such as
+``docs/document/42/file/3f2a9c0e4b1d4e6f8a7b5c3d2e1f0a9b.pdf``:
+``{key_prefix}/{model_name}/{entity_id}/{field_name}/{unique}{suffix}``.
+
+Two rules keep every location inside its backend root and policy prefix:
+
+* :func:`sanitize_segment` turns any user input into one safe segment
+  (ASCII letters, digits, ``-``, ``_`` and ``.``, never starting with a dot),
+  or raises :class:`~granite_storage.errors.InvalidLocationError`;
+* :func:`validate_location` checks a location that comes from elsewhere (a
+  ref loaded from the database, a listing) before a backend touches it.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import uuid
+
+from granite_storage.errors import InvalidLocationError
+
+__all__ = [
+    "MAX_LOCATION_LENGTH",
+    "MAX_SEGMENT_LENGTH",
+    "build_location",
+    "is_under_prefix",
+    "safe_suffix",
+    "sanitize_segment",
+    "validate_location",
+    "validate_prefix",
+]
+
+MAX_SEGMENT_LENGTH = 100
+MAX_LOCATION_LENGTH = 1024
+_MAX_SUFFIX_LENGTH = 10
+
+_UNSAFE_RUN = re.compile(r"[^A-Za-z0-9._-]+")
+_SUFFIX = re.compile(rf"\.[a-z0-9]{{1,{_MAX_SUFFIX_LENGTH}}}")
+# Characters that must never appear in a location, whatever its origin:
+# control characters (NUL included), backslashes and a few that S3 and
+# Windows treat specially.
+_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+def sanitize_segment(value: object, *, what: str = "segment") -> str:
+    """Turn ``value`` into one safe location segment.
+
+    Accents are folded to ASCII (``"Résumé"`` -> ``"Resume"``), every run of
+    other characters becomes ``-``, leading dots and dashes are dropped (no
+    ``.``, ``..`` or hidden names) and the result is cut to
+    :data:`MAX_SEGMENT_LENGTH`.
+
+    :raises InvalidLocationError: if nothing safe is left, e.g. for ``".."``.
+    """
+    text = unicodedata.normalize("NFKD", str(value)).encode("ascii", "ignore").decode()
+    text = _UNSAFE_RUN.sub("-", text).lstrip(".-").rstrip("-")
+    text = text[:MAX_SEGMENT_LENGTH].rstrip(".-")
+    if not text:
+        raise InvalidLocationError(
+            f"{what} {value!r} has no safe characters left for a storage location; "
+            "use letters, digits, '-', '_' or '.'"
+        )
+    return text
+
+
+def safe_suffix(filename: str | None) -> str:
+    """The lower-cased extension of ``filename`` when it is short and plain.
+
+    ``"Report.PDF"`` gives ``".pdf"``; ``"../../x.sh\\x00.png"``, ``"archive"``
+    or an extension longer than ten characters give ``""``. Only the last
+    path component counts, whichever separator the client used.
+    """
+    if not filename:
+        return ""
+    name = re.split(r"[/\\]", filename)[-1]
+    dot = name.rfind(".")
+    if dot <= 0:
+        return ""
+    suffix = name[dot:].lower()
+    return suffix if _SUFFIX.fullmatch(suffix) else ""
+
+
+def validate_prefix(prefix: str | None) -> str | None:
+    """Normalise a key prefix: ``None`` or ``""`` mean no prefix, surrounding
+    slashes are dropped, and what is left must be a valid location."""
+    if prefix is None:
+        return None
+    stripped = prefix.strip("/")
+    if not stripped:
+        return None
+    return validate_location(stripped, what="key prefix")
+
+
+def validate_location(location: str, *, what: str = "location") -> str:
+    """Return ``location`` unchanged if it is a safe relative key.
+
+    :raises InvalidLocationError: if it is empty, too long, absolute, has an
+        empty, ``.`` or ``..`` segment, or holds control characters or
+        backslashes.
+    """
+    if not isinstance(location, str) or not location:
+        raise InvalidLocationError(f"{what} must be a non-empty string, got {location!r}")
+    if len(location) > MAX_LOCATION_LENGTH:
+        raise InvalidLocationError(f"{what} is longer than {MAX_LOCATION_LENGTH} characters")
+    if _FORBIDDEN.search(location):
+        raise InvalidLocationError(
+            f"{what} {location!r} contains control characters or backslashes"
+        )
+    for segment in location.split("/"):
+        if segment in ("", ".", ".."):
+            raise InvalidLocationError(
+                f"{what} {location!r} has an empty, '.' or '..' segment or starts with '/'"
+            )
+    return location
+
+
+def is_under_prefix(location: str, prefix: str | None) -> bool:
+    """Whether ``location`` lies under ``prefix`` at a ``/`` boundary.
+
+    ``is_under_prefix("docs/a", "docs")`` is true,
+    ``is_under_prefix("docs2/a", "docs")`` is false; no prefix matches all.
+    """
+    if not prefix:
+        return True
+    return location.startswith(prefix.rstrip("/") + "/")
+
+
+def build_location(
+    *,
+    key_prefix: str | None,
+    model_name: str,
+    entity_id: object,
+    field_name: str,
+    original_filename: str | None = None,
+) -> str:
+    """Build a new, unique location for one write.
+
+    Every call returns a different location (a random 128-bit name), so a
+    replace never overwrites the object it replaces.
+
+    :raises InvalidLocationError: if a segment has no safe characters.
+    """
+    segments = [
+        sanitize_segment(model_name, what="model_name"),
+        sanitize_segment(entity_id, what="entity_id"),
+        sanitize_segment(field_name, what="field_name"),
+        uuid.uuid4().hex + safe_suffix(original_filename),
+    ]
+    prefix = validate_prefix(key_prefix)
+    if prefix:
+        segments.insert(0, prefix)
+    return validate_location("/".join(segments))
