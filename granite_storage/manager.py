@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import anyio
+import anyio.to_thread
 
 from granite_storage.contracts import BytesReader, ObjectReader, PresignedUpload, StorageBackend
 from granite_storage.errors import ConfigurationError, ContentTooLargeError, InvalidLocationError
@@ -16,17 +17,30 @@ from granite_storage.http import content_disposition
 from granite_storage.locations import build_location, is_under_prefix, validate_location
 from granite_storage.policy import StoragePolicy
 from granite_storage.refs import StoredObjectRef, clean_text, utcnow_iso
-from granite_storage.streams import DEFAULT_CHUNK_SIZE, ByteSource, SizeLimiter, aiter_chunks
+from granite_storage.streams import (
+    DEFAULT_CHUNK_SIZE,
+    ByteSource,
+    SizeLimiter,
+    aclose_iterator,
+    acoalesce,
+    aiter_chunks,
+)
 
-__all__ = ["StorageManager", "guess_content_type"]
+__all__ = ["StorageManager", "aguess_content_type"]
 
 _FALLBACK_CONTENT_TYPE = "application/octet-stream"
 
 
-def guess_content_type(filename: str | None) -> str:
-    """The MIME type for ``filename``'s extension, or ``application/octet-stream``."""
+async def aguess_content_type(filename: str | None) -> str:
+    """The MIME type for ``filename``'s extension, or ``application/octet-stream``.
+
+    The first call reads the system's MIME tables (``/etc/mime.types``) in a
+    worker thread instead of on the event loop.
+    """
     if not filename:
         return _FALLBACK_CONTENT_TYPE
+    if not mimetypes.inited:
+        await anyio.to_thread.run_sync(mimetypes.init)
     guessed, _ = mimetypes.guess_type(filename, strict=False)
     return guessed or _FALLBACK_CONTENT_TYPE
 
@@ -165,7 +179,7 @@ class StorageManager:
         policy = self.get_policy(storage_key)
         backend = self.get_backend_for_policy(policy)
         original_filename = clean_text(original_filename)
-        content_type = clean_text(content_type) or guess_content_type(original_filename)
+        content_type = clean_text(content_type) or await aguess_content_type(original_filename)
         location = build_location(
             key_prefix=policy.key_prefix,
             model_name=model_name,
@@ -173,14 +187,18 @@ class StorageManager:
             field_name=field_name,
             original_filename=original_filename,
         )
-        chunks = SizeLimiter(aiter_chunks(stream, self.chunk_size), policy.max_size)
+        # source -> bounded chunks -> size limit (counts every byte as it
+        # arrives) -> small chunks merged, so tiny pieces cost no extra I/O.
+        chunks = acoalesce(
+            SizeLimiter(aiter_chunks(stream, self.chunk_size), policy.max_size), self.chunk_size
+        )
         try:
             result = await backend.aput_stream(
                 key=location, chunks=chunks, content_type=content_type
             )
         finally:
             with anyio.CancelScope(shield=True):
-                await chunks.aclose()
+                await aclose_iterator(chunks)
         merged_extra = {**(result.extra or {}), **(extra or {})} or None
         return StoredObjectRef(
             storage_key=storage_key,
@@ -292,7 +310,7 @@ class StorageManager:
         return await backend.apresigned_upload(
             key=location,
             max_size=policy.max_size,
-            content_type=clean_text(content_type) or guess_content_type(original_filename),
+            content_type=clean_text(content_type) or await aguess_content_type(original_filename),
             expires_in=expires_in,
         )
 

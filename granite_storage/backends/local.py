@@ -80,7 +80,7 @@ class LocalStorageBackend(StorageBackend):
     def __init__(self, root_dir: str | os.PathLike[str], *, fsync: bool = True) -> None:
         # No I/O here: constructors run inside event loops. The root is
         # created and resolved (symlinks followed) on first use, in a thread.
-        self.root_dir = Path(os.path.abspath(root_dir))
+        self.root_dir = Path(root_dir)
         self.fsync = fsync
         self._real_root: str | None = None
 
@@ -91,7 +91,7 @@ class LocalStorageBackend(StorageBackend):
 
     def _root(self) -> str:
         if self._real_root is None:
-            os.makedirs(self.root_dir / TEMP_DIR_NAME, exist_ok=True)
+            os.makedirs(os.path.join(self.root_dir, TEMP_DIR_NAME), exist_ok=True)
             self._real_root = os.path.realpath(self.root_dir)
         return self._real_root
 
@@ -138,7 +138,7 @@ class LocalStorageBackend(StorageBackend):
             os.unlink(temp)
 
     def _open_for_read(self, location: str, start: int, end: int | None) -> tuple[BinaryIO, int]:
-        real = self._inside_root(os.path.join(self.root_dir, location), location)
+        real = self._inside_root(os.path.join(self._root(), location), location)
         file = open(real, "rb", buffering=0)  # noqa: SIM115 - closed by the reader
         try:
             size = os.fstat(file.fileno()).st_size
@@ -150,7 +150,7 @@ class LocalStorageBackend(StorageBackend):
         return file, max(stop - start, 0)
 
     def _delete(self, location: str) -> None:
-        path = os.path.join(self.root_dir, location)
+        path = os.path.join(self._root(), location)
         real_parent = self._inside_root(os.path.dirname(path), location)
         try:
             os.unlink(os.path.join(real_parent, os.path.basename(path)))
@@ -167,7 +167,7 @@ class LocalStorageBackend(StorageBackend):
             parent = os.path.dirname(parent)
 
     def _exists(self, location: str) -> bool:
-        real = self._inside_root(os.path.join(self.root_dir, location), location)
+        real = self._inside_root(os.path.join(self._root(), location), location)
         return os.path.isfile(real)
 
     def _scan(self, prefix: str | None) -> Iterator[list[ObjectInfo]]:
@@ -231,9 +231,12 @@ class LocalStorageBackend(StorageBackend):
             file, temp = await anyio.to_thread.run_sync(self._open_temp)
         digest = Sha256Digest()
         try:
-            with _translate_os_errors("write", location):
-                async for chunk in chunks:
+            # Errors of the source (a client that went away) pass through as
+            # they are; only our own file operations are translated.
+            async for chunk in chunks:
+                with _translate_os_errors("write", location):
                     await _write_while_hashing(file, chunk, digest)
+            with _translate_os_errors("write", location):
                 await anyio.to_thread.run_sync(self._commit, file, temp, location)
         except BaseException:
             with anyio.CancelScope(shield=True):

@@ -1,0 +1,173 @@
+"""What only the local backend does: temporary files, atomic rename, symlinks, disk errors."""
+
+from __future__ import annotations
+
+import errno
+import os
+import tracemalloc
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import anyio
+import pytest
+
+from granite_storage import InvalidLocationError, StorageManager, StoragePolicy, StoredObjectRef
+from granite_storage.backends import local as local_module
+from granite_storage.backends.local import TEMP_DIR_NAME, LocalStorageBackend
+from granite_storage.errors import BackendError
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def make_manager(root: Path, *, fsync: bool = False) -> StorageManager:
+    return StorageManager(
+        backends={"local": LocalStorageBackend(root, fsync=fsync)},
+        policies={"docs": StoragePolicy("docs", "local", key_prefix="docs")},
+    )
+
+
+async def put_stream(manager: StorageManager, stream: object) -> StoredObjectRef:
+    return await manager.aput_stream(
+        storage_key="docs", model_name="m", entity_id=1, field_name="f", stream=stream
+    )  # type: ignore[arg-type]
+
+
+async def test_upload_is_invisible_until_complete(tmp_path: Path) -> None:
+    manager = make_manager(tmp_path)
+    backend = manager.backends["local"]
+    halfway, release = anyio.Event(), anyio.Event()
+    seen: dict[str, list[str]] = {}
+
+    async def source() -> AsyncIterator[bytes]:
+        yield b"a" * 100_000
+        halfway.set()
+        await release.wait()
+        yield b"b" * 100_000
+
+    async def watch() -> None:
+        await halfway.wait()
+        seen["files"] = await anyio.to_thread.run_sync(files_under, tmp_path)
+        seen["listing"] = [loc async for loc in backend.aiter_locations()]
+        release.set()
+
+    refs: list[StoredObjectRef] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        refs.append(await put_stream(manager, source()))
+    assert len(seen["files"]) == 1 and seen["files"][0].startswith(TEMP_DIR_NAME + "/")
+    assert seen["listing"] == []
+    assert await anyio.to_thread.run_sync(files_under, tmp_path) == [refs[0].location]
+
+
+async def test_durable_write_with_fsync(tmp_path: Path) -> None:
+    manager = make_manager(tmp_path, fsync=True)
+    ref = await manager.aput_bytes(
+        storage_key="docs", model_name="m", entity_id=1, field_name="f", content=b"durable"
+    )
+    assert await anyio.Path(tmp_path / ref.location).read_bytes() == b"durable"
+
+
+async def test_disk_error_is_a_clear_storage_error_and_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = 0
+    real_write_all = local_module._write_all
+
+    def write_all_then_fill_the_disk(file: object, chunk: bytes) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_write_all(file, chunk)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(local_module, "_write_all", write_all_then_fill_the_disk)
+    manager = make_manager(tmp_path)
+    with pytest.raises(BackendError, match="No space left on device") as info:
+        await put_stream(manager, [b"x" * (1 << 20), b"y" * (1 << 20), b"z"])
+    assert isinstance(info.value.__cause__, OSError)
+    assert await anyio.to_thread.run_sync(files_under, tmp_path) == []
+
+
+async def test_symlinks_cannot_lead_outside_the_root(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    await anyio.Path(outside).mkdir()
+    await anyio.Path(outside / "secret.txt").write_bytes(b"secret")
+    await anyio.Path(root / "docs").mkdir(parents=True)
+    await anyio.Path(root / "docs" / "link").symlink_to(outside)
+    manager = make_manager(root)
+    ref = StoredObjectRef("docs", "local", "docs/link/secret.txt", 6, "sha256:00")
+    with pytest.raises(InvalidLocationError, match="outside the storage root"):
+        await manager.aget(ref)
+    with pytest.raises(InvalidLocationError):
+        await manager.adelete(ref)
+    assert await anyio.Path(outside / "secret.txt").exists()
+    # a listing does not follow the link either
+    assert [loc async for loc in manager.backends["local"].aiter_locations()] == []
+
+
+@pytest.fixture
+def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+async def test_relative_root_and_lazy_creation(in_tmp_path: Path) -> None:
+    tmp_path = in_tmp_path
+    manager = make_manager(Path("var/storage"))
+    assert not await anyio.Path(tmp_path / "var").exists()  # no I/O in the constructor
+    ref = await manager.aput_bytes(
+        storage_key="docs", model_name="m", entity_id=1, field_name="f", content=b"x"
+    )
+    assert await anyio.Path(tmp_path / "var" / "storage" / ref.location).exists()
+
+
+async def test_delete_prunes_empty_directories(tmp_path: Path) -> None:
+    manager = make_manager(tmp_path)
+    keep = await manager.aput_bytes(
+        storage_key="docs", model_name="m", entity_id=1, field_name="f", content=b"keep"
+    )
+    gone = await manager.aput_bytes(
+        storage_key="docs", model_name="m", entity_id=2, field_name="f", content=b"gone"
+    )
+    await manager.adelete(gone)
+    assert not await anyio.Path(tmp_path / "docs" / "m" / "2").exists()
+    assert await anyio.Path(tmp_path / keep.location).exists()
+
+
+async def test_stale_temporary_files_are_leftovers(tmp_path: Path) -> None:
+    backend = LocalStorageBackend(tmp_path)
+    temp = anyio.Path(tmp_path / TEMP_DIR_NAME)
+    await temp.mkdir(parents=True)
+    await (temp / "old.part").write_bytes(b"crashed upload")
+    await (temp / "new.part").write_bytes(b"in flight")
+    hour_ago = (datetime.now(UTC) - timedelta(hours=2)).timestamp()
+    await anyio.to_thread.run_sync(
+        os.utime, tmp_path / TEMP_DIR_NAME / "old.part", (hour_ago, hour_ago)
+    )
+    cutoff = datetime.now(UTC) - timedelta(hours=1)
+    assert await backend.acleanup_leftovers(older_than=cutoff, dry_run=True) == 1
+    assert await (temp / "old.part").exists()
+    assert await backend.acleanup_leftovers(older_than=cutoff, dry_run=False) == 1
+    assert not await (temp / "old.part").exists()
+    assert await (temp / "new.part").exists()
+
+
+async def test_256_mib_upload_keeps_memory_bounded(tmp_path: Path) -> None:
+    chunk = os.urandom(1 << 20)
+
+    async def source() -> AsyncIterator[bytes]:
+        for _ in range(256):
+            yield chunk
+
+    manager = make_manager(tmp_path)
+    tracemalloc.start()
+    try:
+        ref = await put_stream(manager, source())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert ref.size == 256 << 20
+    assert peak < 32 << 20, f"peak traced memory {peak / 2**20:.1f} MiB"
