@@ -15,6 +15,21 @@ from granite_storage.errors import (
 from granite_storage.errors import (
     StorageError as StorageError,
 )
+from granite_storage.integrations.sqlalchemy import (
+    ReplaceContentResult as ReplaceContentResult,
+)
+from granite_storage.integrations.sqlalchemy import (
+    StorageJSONType as StorageJSONType,
+)
+from granite_storage.integrations.sqlalchemy import (
+    StoredContentMixin as StoredContentMixin,
+)
+from granite_storage.integrations.sqlalchemy import (
+    StoredObjectRefType as StoredObjectRefType,
+)
+from granite_storage.integrations.sqlalchemy import (
+    portable_storage_ref_type as portable_storage_ref_type,
+)
 from granite_storage.manager import StorageManager as StorageManager
 from granite_storage.policy import StoragePolicy as StoragePolicy
 from granite_storage.refs import StoredObjectRef as StoredObjectRef
@@ -26,8 +41,13 @@ __all__ = [
     "ContentTooLargeError",
     "InvalidLocationError",
     "ObjectNotFoundError",
+    "ReplaceContentResult",
     "StorageError",
+    "StorageJSONType",
     "StorageManager",
     "StoragePolicy",
+    "StoredContentMixin",
     "StoredObjectRef",
+    "StoredObjectRefType",
+    "portable_storage_ref_type",
 ]

@@ -1,0 +1,370 @@
+"""The one code path behind ``StoredContentMixin`` and ``stored_content_field``.
+
+A :class:`StoredContent` is the stored content of one ref column of one model
+instance: it uploads through the class's :class:`~granite_storage.StorageManager`,
+assigns the new ref, and records the objects written and released with the
+session (see :mod:`granite_storage.integrations.sqlalchemy.events`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio.to_thread
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.ext.asyncio import async_object_session
+from sqlalchemy.orm import InstanceState, object_session
+
+from granite_storage.contracts import ObjectReader
+from granite_storage.errors import ConfigurationError, ObjectNotFoundError, StorageError
+from granite_storage.integrations.sqlalchemy.events import (
+    TrackedObject,
+    track_release,
+    track_upload,
+)
+from granite_storage.integrations.sqlalchemy.mapping import (
+    bind_of,
+    check_ref_column,
+    entity_id_of,
+    metadata_of,
+    model_name_of,
+)
+from granite_storage.manager import StorageManager
+from granite_storage.refs import StoredObjectRef
+from granite_storage.streams import ByteSource
+
+__all__ = [
+    "MANAGER_ATTRIBUTE",
+    "FieldSpec",
+    "ReplaceContentResult",
+    "StoredContent",
+    "UploadFileLike",
+    "storage_manager_of",
+]
+
+#: The class attribute ``configure_storage_manager`` sets.
+MANAGER_ATTRIBUTE = "__granite_storage_manager__"
+
+_TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaceContentResult:
+    """What a replace did: the ref that was there before (``None`` if there
+    was none) and the ref that is there now."""
+
+    previous_ref: StoredObjectRef | None
+    new_ref: StoredObjectRef
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """How one ref column is stored.
+
+    :param ref_attr: the mapped attribute that holds the ref
+        (a :class:`StoredObjectRefType` column).
+    :param storage_key: the policy new uploads are written under.
+    :param field_name: the field segment of new locations.
+    :param delete_replaced: delete replaced and cleared objects after the
+        commit; ``None`` defers to the model's ``__stored_content_delete_replaced__``,
+        then to the policy's ``delete_replaced``.
+    """
+
+    ref_attr: str
+    storage_key: str
+    field_name: str
+    delete_replaced: bool | None = None
+
+
+class UploadFileLike(Protocol):
+    """What :meth:`StoredContent.aset_from_uploadfile` needs: Starlette's and
+    FastAPI's ``UploadFile`` fit."""
+
+    @property
+    def filename(self) -> str | None: ...
+
+    @property
+    def content_type(self) -> str | None: ...
+
+    async def read(self, size: int = -1) -> bytes: ...
+
+
+def storage_manager_of(cls: type[Any]) -> StorageManager:
+    """The manager ``cls.configure_storage_manager`` set (inherited from a base class).
+
+    :raises ConfigurationError: if none was configured.
+    """
+    manager = getattr(cls, MANAGER_ATTRIBUTE, None)
+    if not isinstance(manager, StorageManager):
+        raise ConfigurationError(
+            f"{cls.__name__} has no storage manager: call "
+            f"{cls.__name__}.configure_storage_manager(manager) at application startup "
+            "(or StoredContentMixin.configure_storage_manager(manager) for every model) "
+            "before using its stored content"
+        )
+    return manager
+
+
+class StoredContent:
+    """The stored content of one ref column of one model instance.
+
+    Obtained as ``user.avatar`` (see ``stored_content_field``); the mixin's
+    ``a*_content`` methods use the same class. Methods that upload need the
+    instance's primary key: add it to a session and ``await session.flush()``
+    first, unless you set the key yourself.
+    """
+
+    __slots__ = ("_instance", "_spec")
+
+    def __init__(self, instance: object, spec: FieldSpec) -> None:
+        self._instance = instance
+        self._spec = spec
+
+    def __repr__(self) -> str:
+        return f"<StoredContent {type(self._instance).__name__}.{self._spec.ref_attr}>"
+
+    @property
+    def spec(self) -> FieldSpec:
+        """The field's configuration."""
+        return self._spec
+
+    # -- the ref ---------------------------------------------------------------
+
+    @property
+    def ref(self) -> StoredObjectRef | None:
+        """The current ref, without I/O.
+
+        :raises StorageError: if the column is not loaded (expired by a commit
+            or rollback): use :meth:`aget_ref` or ``await session.refresh(obj)``.
+        """
+        state = self._state()
+        if self._spec.ref_attr in state.unloaded and state.has_identity:
+            raise StorageError(
+                f"{self._describe()} is not loaded (expired by a commit or a rollback?) and "
+                "reading it needs I/O: `await session.refresh(obj)` first, or use a session "
+                "with expire_on_commit=False (the async methods load it themselves)"
+            )
+        return self._current()
+
+    async def aget_ref(self) -> StoredObjectRef | None:
+        """The current ref, loaded from the database if it was expired.
+
+        :raises sqlalchemy.orm.exc.DetachedInstanceError: if it is expired and
+            the instance belongs to no session.
+        """
+        state = self._state()
+        key = self._spec.ref_attr
+        if key in state.unloaded and state.has_identity:
+            instance = self._instance
+            async_session = async_object_session(instance)
+            if async_session is not None:
+                await async_session.run_sync(lambda _: getattr(instance, key))
+            elif object_session(instance) is not None:
+                await anyio.to_thread.run_sync(getattr, instance, key)
+            else:
+                getattr(instance, key)  # raises DetachedInstanceError
+        return self._current()
+
+    # -- writes ----------------------------------------------------------------
+
+    async def aset(
+        self,
+        content: bytes | str,
+        *,
+        filename: str | None = None,
+        content_type: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> StoredObjectRef:
+        """Store ``content`` (``str`` is encoded as UTF-8, ``text/plain``) in a
+        new object and assign its ref. See :meth:`aset_from_stream`."""
+        result = await self.areplace(
+            content, filename=filename, content_type=content_type, extra=extra
+        )
+        return result.new_ref
+
+    async def areplace(
+        self,
+        content: bytes | str,
+        *,
+        filename: str | None = None,
+        content_type: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> ReplaceContentResult:
+        """Like :meth:`aset`, and say which ref was replaced."""
+        if isinstance(content, str):
+            content = content.encode("utf-8")
+            content_type = content_type or _TEXT_CONTENT_TYPE
+        return await self._astore(
+            content, filename=filename, content_type=content_type, extra=extra
+        )
+
+    async def aset_from_stream(
+        self,
+        stream: ByteSource,
+        *,
+        filename: str | None = None,
+        content_type: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> StoredObjectRef:
+        """Stream ``stream`` into a new object and assign its ref.
+
+        ``stream`` is anything ``StorageManager.aput_stream`` takes. The previous
+        object (if any) is released: deleted after the commit when the policy
+        opts in, left to the garbage collector otherwise. If the transaction
+        rolls back, the new object is deleted.
+
+        :raises StorageError: if the primary key is not known yet (flush first).
+        :raises ConfigurationError: if no manager is configured or the field
+            does not name a ``StoredObjectRefType`` column.
+        :raises ContentTooLargeError: past the policy's ``max_size``; nothing is
+            stored and the ref is unchanged.
+        """
+        result = await self._astore(
+            stream, filename=filename, content_type=content_type, extra=extra
+        )
+        return result.new_ref
+
+    async def aset_from_uploadfile(
+        self, upload_file: UploadFileLike, *, extra: dict[str, Any] | None = None
+    ) -> StoredObjectRef:
+        """Store an ``UploadFile`` from its start, read with its async ``read``;
+        its ``filename`` and ``content_type`` go into the ref. See
+        :meth:`aset_from_stream`."""
+        seek = getattr(upload_file, "seek", None)
+        if seek is not None and inspect.iscoroutinefunction(seek):
+            await seek(0)
+        result = await self._astore(
+            upload_file,
+            filename=upload_file.filename,
+            content_type=upload_file.content_type,
+            extra=extra,
+        )
+        return result.new_ref
+
+    def clear(self) -> StoredObjectRef | None:
+        """Set the ref to ``None`` without I/O and return the previous ref.
+
+        The previous object is released as by a replace.
+
+        :raises StorageError: if the column is not loaded (see :attr:`ref`).
+        """
+        previous = self.ref
+        setattr(self._instance, self._spec.ref_attr, None)
+        if previous is not None:
+            self._release(previous)
+        return previous
+
+    # -- reads -----------------------------------------------------------------
+
+    async def aget(self, *, verify: bool = False) -> bytes | None:
+        """The whole content, or ``None`` when there is no ref.
+
+        :raises ObjectNotFoundError: if the ref's object is missing.
+        :raises ChecksumMismatchError: with ``verify=True``, if the bytes differ
+            from the ref's size or checksum.
+        :raises ConfigurationError: if no manager is configured.
+        """
+        manager = self._manager()
+        ref = await self.aget_ref()
+        if ref is None:
+            return None
+        return await manager.aget(ref, verify=verify)
+
+    async def aget_text(self, encoding: str = "utf-8", *, verify: bool = False) -> str | None:
+        """The content decoded with ``encoding``, or ``None`` when there is no
+        ref. Refs migrated from 0.1.0 text columns return their text.
+
+        :raises UnicodeDecodeError: if the content is not valid ``encoding``.
+        """
+        content = await self.aget(verify=verify)
+        return None if content is None else content.decode(encoding)
+
+    @asynccontextmanager
+    async def aopen(self, *, verify: bool = False) -> AsyncIterator[ObjectReader]:
+        """``async with content.aopen() as reader``: stream the content.
+
+        :raises ObjectNotFoundError: if there is no ref, or its object is missing.
+        """
+        manager = self._manager()
+        ref = await self.aget_ref()
+        if ref is None:
+            raise ObjectNotFoundError(
+                f"{self._describe()} has no stored content; store some first (aset_content / aset)"
+            )
+        async with manager.aopen(ref, verify=verify) as reader:
+            yield reader
+
+    # -- internals -------------------------------------------------------------
+
+    async def _astore(
+        self,
+        source: ByteSource,
+        *,
+        filename: str | None,
+        content_type: str | None,
+        extra: dict[str, Any] | None,
+    ) -> ReplaceContentResult:
+        manager = self._manager()
+        state = self._state()
+        mapper = state.mapper
+        check_ref_column(mapper, self._spec.ref_attr)
+        entity_id = entity_id_of(state)
+        session = object_session(self._instance)
+        tracked = None if session is None else (metadata_of(mapper), bind_of(session, mapper))
+        await self.aget_ref()  # load an expired column before the upload
+        ref = await manager.aput_stream(
+            storage_key=self._spec.storage_key,
+            model_name=model_name_of(mapper),
+            entity_id=entity_id,
+            field_name=self._spec.field_name,
+            stream=source,
+            content_type=content_type,
+            original_filename=filename,
+            extra=extra,
+        )
+        # From here to the end nothing awaits: what was read is what gets replaced.
+        if session is not None and tracked is not None:
+            track_upload(session, TrackedObject(manager, ref, *tracked))
+        previous = self._current()
+        setattr(self._instance, self._spec.ref_attr, ref)
+        if previous is not None:
+            self._release(previous)
+        return ReplaceContentResult(previous_ref=previous, new_ref=ref)
+
+    def _release(self, previous: StoredObjectRef) -> None:
+        session = object_session(self._instance)
+        if session is None or not previous.location:
+            return  # no transaction to follow, or a legacy inline-text ref (no object)
+        mapper = self._state().mapper
+        manager = self._manager()
+        obj = TrackedObject(manager, previous, metadata_of(mapper), bind_of(session, mapper))
+        track_release(session, obj, delete_after_commit=self._delete_replaced(manager, previous))
+
+    def _delete_replaced(self, manager: StorageManager, previous: StoredObjectRef) -> bool:
+        if self._spec.delete_replaced is not None:
+            return self._spec.delete_replaced
+        model_choice = getattr(type(self._instance), "__stored_content_delete_replaced__", None)
+        if model_choice is not None:
+            return bool(model_choice)
+        policy = manager.policies.get(previous.storage_key)
+        return policy is not None and policy.delete_replaced
+
+    def _current(self) -> StoredObjectRef | None:
+        value = self._state().dict.get(self._spec.ref_attr)
+        if value is not None and not isinstance(value, StoredObjectRef):
+            value = StoredObjectRef.from_dict(value)  # a dict assigned by hand
+        return value
+
+    def _manager(self) -> StorageManager:
+        return storage_manager_of(type(self._instance))
+
+    def _state(self) -> InstanceState[Any]:
+        state: InstanceState[Any] = sa_inspect(self._instance)
+        return state
+
+    def _describe(self) -> str:
+        return f"{type(self._instance).__name__}.{self._spec.ref_attr}"

@@ -1,0 +1,82 @@
+"""What stored content needs to know about a mapped class: facts read from the
+mapper, without I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, Engine, MetaData
+from sqlalchemy.orm import ColumnProperty, InstanceState, Mapper, Session
+
+from granite_storage.errors import ConfigurationError, StorageError
+from granite_storage.integrations.sqlalchemy.types import StoredObjectRefType
+from granite_storage.locations import sanitize_segment
+
+__all__ = ["bind_of", "check_ref_column", "entity_id_of", "metadata_of", "model_name_of"]
+
+
+def entity_id_of(state: InstanceState[Any]) -> object:
+    """The entity segment of new locations: the primary key from the mapper.
+
+    The identity of a persistent object, else the primary key attributes as
+    set; a composite key becomes its sanitised parts joined with ``_``.
+
+    :raises StorageError: if a primary key value is still ``None`` (not flushed).
+    """
+    mapper = state.mapper
+    keys = [mapper.get_property_by_column(column).key for column in mapper.primary_key]
+    values: tuple[Any, ...]
+    if state.identity is not None:
+        values = tuple(state.identity)
+    else:
+        values = tuple(state.dict.get(key) for key in keys)
+    if not values or any(value is None for value in values):
+        raise StorageError(
+            f"{mapper.class_.__name__} has no primary key value yet ({', '.join(keys)}), and "
+            "stored content is filed under it: add the object to the session and "
+            "`await session.flush()` first (or set the primary key yourself)"
+        )
+    if len(values) == 1:
+        return values[0]
+    return "_".join(sanitize_segment(value, what="primary key part") for value in values)
+
+
+def model_name_of(mapper: Mapper[Any]) -> str:
+    """The model segment of new locations: ``__stored_content_model_name__``,
+    else the table name."""
+    override = getattr(mapper.class_, "__stored_content_model_name__", None)
+    if override:
+        return str(override)
+    name = getattr(mapper.local_table, "name", None)
+    return str(name) if name else mapper.class_.__name__.lower()
+
+
+def metadata_of(mapper: Mapper[Any]) -> MetaData:
+    """The ``MetaData`` whose ref columns are checked before a deletion.
+
+    :raises ConfigurationError: if the class is not mapped to a ``Table``.
+    """
+    metadata = getattr(mapper.local_table, "metadata", None)
+    if not isinstance(metadata, MetaData):
+        raise ConfigurationError(
+            f"{mapper.class_.__name__} is not mapped to a Table, so its stored content "
+            "cannot be tracked"
+        )
+    return metadata
+
+
+def bind_of(session: Session, mapper: Mapper[Any]) -> Engine:
+    """The engine the session uses for ``mapper`` (a connection's engine)."""
+    bind = session.get_bind(mapper=mapper)
+    return bind.engine if isinstance(bind, Connection) else bind
+
+
+def check_ref_column(mapper: Mapper[Any], attr: str) -> None:
+    """:raises ConfigurationError: unless ``attr`` is a mapped ``StoredObjectRefType`` column."""
+    prop = mapper.attrs.get(attr)
+    columns = prop.columns if isinstance(prop, ColumnProperty) else []
+    if not columns or not isinstance(columns[0].type, StoredObjectRefType):
+        raise ConfigurationError(
+            f"{mapper.class_.__name__}.{attr} must be a mapped column of type "
+            "StoredObjectRefType() to hold stored content"
+        )

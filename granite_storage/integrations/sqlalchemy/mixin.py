@@ -1,0 +1,307 @@
+"""StoredContentMixin (one stored field per model) and stored_content_field (several).
+
+One field, the contract's class variables::
+
+    class Document(StoredContentMixin, Base):
+        __tablename__ = "document"
+        __stored_content_field_name__ = "_file_ref"
+        __stored_content_storage_key__ = "documents"
+        id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+        _file_ref: Mapped[StoredObjectRef | None] = mapped_column(StoredObjectRefType())
+
+    Document.configure_storage_manager(manager)
+    session.add(doc := Document())
+    await session.flush()                     # the primary key names the location
+    await doc.aset_content(b"...", filename="report.pdf")
+    await session.commit()
+
+Several fields, each with its own policy::
+
+    class User(StoredContentMixin, Base):
+        __tablename__ = "user_account"
+        user_id: Mapped[int] = mapped_column(primary_key=True)
+        avatar_ref: Mapped[StoredObjectRef | None] = mapped_column(StoredObjectRefType())
+        banner_ref: Mapped[StoredObjectRef | None] = mapped_column(StoredObjectRefType())
+
+        avatar = stored_content_field("avatar_ref", storage_key="avatars")
+        banner = stored_content_field("banner_ref", storage_key="banners", delete_replaced=True)
+
+    await user.avatar.aset(data, filename="me.png")
+    png = await user.avatar.aget()
+
+Both run the same code (:class:`~granite_storage.integrations.sqlalchemy.content.StoredContent`),
+and the objects they write follow the session's transaction (see
+:mod:`granite_storage.integrations.sqlalchemy.events`).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Any, ClassVar, NoReturn, Self, overload
+
+from granite_storage.contracts import ObjectReader
+from granite_storage.errors import ConfigurationError
+from granite_storage.integrations.sqlalchemy.content import (
+    MANAGER_ATTRIBUTE,
+    FieldSpec,
+    ReplaceContentResult,
+    StoredContent,
+    UploadFileLike,
+    storage_manager_of,
+)
+from granite_storage.manager import StorageManager
+from granite_storage.refs import StoredObjectRef
+from granite_storage.streams import ByteSource
+
+__all__ = [
+    "ReplaceContentResult",
+    "StoredContentField",
+    "StoredContentMixin",
+    "stored_content_field",
+]
+
+
+class StoredContentMixin:
+    """Stored content for a SQLAlchemy model, used through an ``AsyncSession``.
+
+    Class variables:
+
+    * ``__stored_content_field_name__``: the ``StoredObjectRefType`` attribute
+      the ``*_content`` methods use (its name without leading underscores is
+      the field segment of locations);
+    * ``__stored_content_storage_key__``: the policy they upload under;
+    * ``__stored_content_model_name__``: the model segment of locations
+      (default: the table name);
+    * ``__stored_content_delete_replaced__``: ``True``/``False`` overrides the
+      policy's ``delete_replaced`` for this model; ``None`` (default) defers to it.
+
+    The entity segment of locations is the primary key from the mapper (any
+    column name; composite keys are joined with ``_``), so new rows need a
+    flush before their first upload. Models with several stored fields use
+    :func:`stored_content_field` instead of (or with) the first two variables.
+
+    The async methods load a ref column that a commit or rollback expired
+    (``expire_on_commit=True`` works); :meth:`clear_content_reference` and
+    ``StoredContent.ref`` do no I/O and raise instead. The objects written and
+    replaced follow the session's transaction (see
+    :mod:`granite_storage.integrations.sqlalchemy.events`); ``await
+    drain_pending_deletions(session)`` waits for the deletions that follow a
+    commit or rollback.
+
+    Methods that need a manager raise
+    :class:`~granite_storage.errors.ConfigurationError` until
+    :meth:`configure_storage_manager` was called.
+    """
+
+    __stored_content_field_name__: ClassVar[str]
+    __stored_content_storage_key__: ClassVar[str]
+    __stored_content_model_name__: ClassVar[str | None] = None
+    __stored_content_delete_replaced__: ClassVar[bool | None] = None
+
+    # -- configuration -----------------------------------------------------------
+
+    @classmethod
+    def configure_storage_manager(cls, manager: StorageManager) -> None:
+        """Use ``manager`` for this class and its subclasses (those that do not
+        configure their own). Calling it again replaces the manager.
+        ``StoredContentMixin.configure_storage_manager(manager)`` sets it for
+        every model at once."""
+        if not isinstance(manager, StorageManager):
+            raise ConfigurationError(
+                f"configure_storage_manager() takes a StorageManager, not {type(manager).__name__}"
+            )
+        setattr(cls, MANAGER_ATTRIBUTE, manager)
+
+    @classmethod
+    def get_storage_manager(cls) -> StorageManager:
+        """The configured manager.
+
+        :raises ConfigurationError: if :meth:`configure_storage_manager` was not called.
+        """
+        return storage_manager_of(cls)
+
+    @property
+    def stored_content(self) -> StoredContent:
+        """The field named by ``__stored_content_field_name__``, as a
+        :class:`StoredContent` (what the ``*_content`` methods use).
+
+        :raises ConfigurationError: if the class variables are missing.
+        """
+        cls = type(self)
+        ref_attr = getattr(cls, "__stored_content_field_name__", None)
+        storage_key = getattr(cls, "__stored_content_storage_key__", None)
+        if not ref_attr or not storage_key:
+            raise ConfigurationError(
+                f"{cls.__name__} must set __stored_content_field_name__ and "
+                "__stored_content_storage_key__ to use the *_content methods; for several "
+                "stored fields declare each with stored_content_field()"
+            )
+        spec = FieldSpec(
+            ref_attr=ref_attr, storage_key=storage_key, field_name=ref_attr.lstrip("_") or ref_attr
+        )
+        return StoredContent(self, spec)
+
+    # -- the contract's methods --------------------------------------------------
+
+    async def aset_content(
+        self,
+        content: bytes | str,
+        *,
+        filename: str | None = None,
+        content_type: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> StoredObjectRef:
+        """Store ``content`` in a new object and assign its ref; ``str`` is
+        stored as UTF-8 ``text/plain``. See :meth:`StoredContent.aset_from_stream`
+        for what is raised and what happens to the previous object."""
+        return await self.stored_content.aset(
+            content, filename=filename, content_type=content_type, extra=extra
+        )
+
+    async def aset_content_from_stream(
+        self,
+        stream: ByteSource,
+        *,
+        filename: str | None = None,
+        content_type: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> StoredObjectRef:
+        """Stream ``stream`` (anything ``StorageManager.aput_stream`` takes) into
+        a new object and assign its ref. See :meth:`StoredContent.aset_from_stream`."""
+        return await self.stored_content.aset_from_stream(
+            stream, filename=filename, content_type=content_type, extra=extra
+        )
+
+    async def aset_content_from_uploadfile(
+        self, upload_file: UploadFileLike, *, extra: dict[str, Any] | None = None
+    ) -> StoredObjectRef:
+        """Store a FastAPI/Starlette ``UploadFile``, read asynchronously from
+        its start; its ``filename`` and ``content_type`` go into the ref."""
+        return await self.stored_content.aset_from_uploadfile(upload_file, extra=extra)
+
+    async def areplace_content(
+        self,
+        content: bytes | str,
+        *,
+        filename: str | None = None,
+        content_type: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> ReplaceContentResult:
+        """Like :meth:`aset_content`, returning the previous and the new ref."""
+        return await self.stored_content.areplace(
+            content, filename=filename, content_type=content_type, extra=extra
+        )
+
+    async def aget_content(self, *, verify: bool = False) -> bytes | None:
+        """The content, or ``None`` without a ref.
+
+        :raises ObjectNotFoundError: if the ref's object is missing.
+        :raises ChecksumMismatchError: with ``verify=True`` on a mismatch.
+        """
+        return await self.stored_content.aget(verify=verify)
+
+    async def aget_content_text(
+        self, encoding: str = "utf-8", *, verify: bool = False
+    ) -> str | None:
+        """The content decoded with ``encoding``, or ``None`` without a ref.
+        Rows migrated from a 0.1.0 text column return their text."""
+        return await self.stored_content.aget_text(encoding, verify=verify)
+
+    def aopen_content(self, *, verify: bool = False) -> AbstractAsyncContextManager[ObjectReader]:
+        """``async with doc.aopen_content() as reader``: stream the content.
+
+        :raises ObjectNotFoundError: on entering, if there is no ref or its
+            object is missing.
+        """
+        return self.stored_content.aopen(verify=verify)
+
+    def clear_content_reference(self) -> StoredObjectRef | None:
+        """Set the ref to ``None`` (no I/O) and return the previous ref. The
+        previous object is deleted after the commit only if the policy opts in.
+
+        :raises StorageError: if the ref column is expired (refresh first).
+        """
+        return self.stored_content.clear()
+
+
+class StoredContentField:
+    """A descriptor giving access to one stored field: ``user.avatar`` is a
+    :class:`StoredContent` (``aset``, ``aset_from_stream``,
+    ``aset_from_uploadfile``, ``areplace``, ``aget``, ``aget_text``, ``aopen``,
+    ``clear``, ``ref``). Create it with :func:`stored_content_field`."""
+
+    def __init__(
+        self,
+        ref_attr: str,
+        *,
+        storage_key: str,
+        field_name: str | None = None,
+        delete_replaced: bool | None = None,
+    ) -> None:
+        self._ref_attr = ref_attr
+        self._storage_key = storage_key
+        self._field_name = field_name
+        self._delete_replaced = delete_replaced
+        self._spec: FieldSpec | None = None
+
+    def __set_name__(self, owner: type[Any], name: str) -> None:
+        if not issubclass(owner, StoredContentMixin):
+            raise ConfigurationError(
+                f"{owner.__name__}.{name} is a stored_content_field(), so {owner.__name__} "
+                "must inherit from StoredContentMixin (which holds the storage manager)"
+            )
+        self._spec = FieldSpec(
+            ref_attr=self._ref_attr,
+            storage_key=self._storage_key,
+            field_name=self._field_name or name,
+            delete_replaced=self._delete_replaced,
+        )
+
+    @property
+    def spec(self) -> FieldSpec:
+        """The field's configuration."""
+        if self._spec is None:
+            raise ConfigurationError("stored_content_field() must be assigned in a class body")
+        return self._spec
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any]) -> Self: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type[Any]) -> StoredContent: ...
+
+    def __get__(self, instance: object | None, owner: type[Any]) -> Self | StoredContent:
+        if instance is None:
+            return self
+        return StoredContent(instance, self.spec)
+
+    def __set__(self, instance: object, value: object) -> NoReturn:
+        raise AttributeError(
+            f"assign refs to {self._ref_attr!r}, or store content with "
+            "`await obj.<field>.aset(...)`; a stored content field cannot be assigned"
+        )
+
+
+def stored_content_field(
+    ref_attr: str,
+    *,
+    storage_key: str,
+    field_name: str | None = None,
+    delete_replaced: bool | None = None,
+) -> StoredContentField:
+    """Declare a stored field backed by the ``StoredObjectRefType`` column ``ref_attr``.
+
+    :param ref_attr: the mapped attribute holding the ref.
+    :param storage_key: the policy this field uploads under.
+    :param field_name: the field segment of locations (default: the
+        descriptor's attribute name, e.g. ``"avatar"``).
+    :param delete_replaced: delete replaced/cleared objects after the commit;
+        ``None`` defers to the model's ``__stored_content_delete_replaced__``,
+        then to the policy.
+
+    The model must inherit from :class:`StoredContentMixin`, whose
+    ``configure_storage_manager`` gives all its fields their manager.
+    """
+    return StoredContentField(
+        ref_attr, storage_key=storage_key, field_name=field_name, delete_replaced=delete_replaced
+    )
