@@ -309,10 +309,11 @@ class StorageBackend(abc.ABC):
         The default runs :attr:`delete_concurrency` single deletes at once.
         """
         result = BatchDeleteResult()
-        limiter = anyio.CapacityLimiter(self.delete_concurrency)
+        pending = iter(locations)
 
-        async def delete_one(location: str) -> None:
-            async with limiter:
+        async def worker() -> None:
+            # A few workers share one iterator: no task per location.
+            for location in pending:
                 try:
                     await self._adelete(validate_location(location))
                 except Exception as exc:  # reported, not raised: one failure must not stop a batch
@@ -321,8 +322,8 @@ class StorageBackend(abc.ABC):
                     result.deleted.append(location)
 
         async with anyio.create_task_group() as tg:
-            for location in locations:
-                tg.start_soon(delete_one, location)
+            for _ in range(min(self.delete_concurrency, len(locations))):
+                tg.start_soon(worker)
         return result
 
     async def acleanup_leftovers(self, *, older_than: datetime, dry_run: bool = True) -> int:
