@@ -1,0 +1,284 @@
+"""One garbage collection run: the tasks and the state they share.
+
+See :mod:`granite_storage.gc` for the design; this module holds its moving parts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from granite_storage._gc_refs import ReferenceIndex, ReferenceSource, aread_references
+from granite_storage._gc_report import (
+    ORPHAN_SAMPLE_SIZE,
+    GarbageCollectionProgress,
+    GarbageCollectionReport,
+    Phase,
+)
+from granite_storage.contracts import ObjectInfo, StorageBackend
+from granite_storage.locations import is_under_prefix
+from granite_storage.policy import StoragePolicy
+
+__all__ = ["LISTING_CHUNK", "CollectionRun", "ProgressCallback", "RunOptions"]
+
+logger = logging.getLogger("granite_storage.gc")
+
+_LEFTOVERS = "(leftovers)"
+#: Listed objects passed through the stream at once.
+LISTING_CHUNK = 500
+
+ProgressCallback = Callable[[GarbageCollectionProgress], object]
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """The collector's settings a run needs (see ``StorageGarbageCollector``)."""
+
+    iter_references: ReferenceSource
+    batch_size: int
+    delete_concurrency: int
+    listing_buffer: int
+    cleanup_leftovers: bool
+    progress: ProgressCallback | None
+    progress_every: int
+    clock: Callable[[], datetime]
+
+
+class CollectionRun:
+    """One collection: the state shared by its tasks."""
+
+    def __init__(
+        self,
+        options: RunOptions,
+        *,
+        policy: StoragePolicy,
+        backend: StorageBackend,
+        dry_run: bool,
+        min_age: timedelta,
+        max_deletions: int | None,
+    ) -> None:
+        self.options = options
+        self.policy = policy
+        self.backend = backend
+        self.max_deletions = max_deletions
+        self.started = time.monotonic()
+        # Fixed before any reference is read: see granite_storage.gc.
+        now = options.clock()
+        if now.tzinfo is None:
+            raise ValueError(f"the collector's clock must return an aware datetime, got {now!r}")
+        self.cutoff = now - min_age
+        self.report = GarbageCollectionReport(
+            storage_key=policy.storage_key,
+            key_prefix=policy.key_prefix,
+            dry_run=dry_run,
+            min_age=min_age,
+            cutoff=self.cutoff,
+        )
+        self.index = ReferenceIndex(storage_key=policy.storage_key, key_prefix=policy.key_prefix)
+        self.phase: Phase = "references"
+        #: Listed objects per stream item: the listing buffers at most
+        #: ``listing_buffer`` objects in the stream plus one chunk being filled.
+        self.chunk_size = min(LISTING_CHUNK, options.listing_buffer)
+        self.listing_error: Exception | None = None
+
+    # -- the run --------------------------------------------------------------
+
+    async def arun(self) -> GarbageCollectionReport:
+        failure: Exception | None = None
+        send, receive = anyio.create_memory_object_stream[list[ObjectInfo]](
+            max(1, self.options.listing_buffer // self.chunk_size)
+        )
+        with receive:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._alist, send)
+                try:
+                    self._notify()
+                    await aread_references(
+                        self.options.iter_references, self.index, on_batch=self._notify
+                    )
+                    self.report.referenced = self.index.referenced
+                    self.report.references_read = self.index.references_read
+                    if self.listing_error is not None:
+                        raise self.listing_error  # before any deletion
+                    self._set_phase("sweep")
+                    await self._asweep(receive)
+                except Exception as exc:
+                    failure = exc
+                    tg.cancel_scope.cancel()
+                finally:
+                    receive.close()  # stops the listing if the sweep ended early
+        if failure is None and self.listing_error is not None and not self.report.stopped_early:
+            failure = self.listing_error
+        if failure is not None:
+            if isinstance(failure, ExceptionGroup) and len(failure.exceptions) == 1:
+                failure = failure.exceptions[0]
+            if self.report.deleted:
+                failure.add_note(
+                    f"garbage collection of {self.policy.storage_key!r} stopped after deleting "
+                    f"{self.report.deleted} orphaned objects"
+                )
+            raise failure
+        if self.options.cleanup_leftovers:
+            self._set_phase("leftovers")
+            await self._acleanup_leftovers()
+        self.report.duration = time.monotonic() - self.started
+        self._set_phase("done")
+        return self.report
+
+    async def _alist(self, send: MemoryObjectSendStream[list[ObjectInfo]]) -> None:
+        """Feed the listing into the bounded stream in chunks; errors are kept for the sweep.
+
+        Chunks, not single objects: each stream hop costs an event-loop
+        iteration, which would dominate a run over millions of objects.
+        """
+        size = self.chunk_size
+        with send:
+            objects = self.backend.aiter_objects(self.policy.key_prefix)
+            try:
+                chunk: list[ObjectInfo] = []
+                async for info in objects:
+                    chunk.append(info)
+                    if len(chunk) >= size:
+                        await send.send(chunk)
+                        chunk = []
+                if chunk:
+                    await send.send(chunk)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass  # the sweep stopped early
+            except Exception as exc:
+                self.listing_error = exc
+            finally:
+                await _aclose(objects)
+
+    async def _asweep(self, receive: MemoryObjectReceiveStream[list[ObjectInfo]]) -> None:
+        """Stream the listing against the references; delete old orphans in batches."""
+        batch_size = self.options.batch_size
+        batch: list[ObjectInfo] = []
+        slots = anyio.Semaphore(self.options.delete_concurrency)
+        async with anyio.create_task_group() as deleters:
+            async for chunk in receive:
+                for info in chunk:
+                    if self._examine(info):
+                        batch.append(info)
+                        if len(batch) >= batch_size:
+                            await slots.acquire()  # back-pressure: at most N batches in flight
+                            deleters.start_soon(self._adelete_batch, batch, slots)
+                            batch = []
+                    elif self.report.stopped_early:
+                        break
+                if self.report.stopped_early:
+                    break
+            if batch:
+                await slots.acquire()
+                deleters.start_soon(self._adelete_batch, batch, slots)
+
+    def _examine(self, info: ObjectInfo) -> bool:
+        """Count one listed object; ``True`` if it is to be deleted now.
+
+        Sets ``stopped_early`` (and returns ``False``) when the deletion cap
+        is reached before this object.
+        """
+        report = self.report
+        # The backend promises to list only under the prefix; a run must never
+        # act outside it even if one does not.
+        if not is_under_prefix(info.location, self.policy.key_prefix):
+            return False
+        report.scanned += 1
+        if report.scanned % self.options.progress_every == 0:
+            self._notify()
+        if info.location in self.index:
+            return False
+        too_young = info.last_modified + self.backend.timestamp_resolution > self.cutoff
+        cap = self.max_deletions
+        if not too_young and cap is not None and report.eligible >= cap:
+            report.scanned -= 1  # not counted: the run stops before this object
+            report.stopped_early = True
+            report.stop_reason = f"reached max_deletions={cap}; more orphans remain"
+            return False
+        report.orphaned += 1
+        if too_young:
+            report.skipped_too_young += 1
+            return False
+        report.eligible += 1
+        if report.dry_run:
+            if len(report.orphan_sample) < ORPHAN_SAMPLE_SIZE:
+                report.orphan_sample.append(info.location)
+            return False
+        return True
+
+    async def _adelete_batch(self, batch: list[ObjectInfo], slots: anyio.Semaphore) -> None:
+        report = self.report
+        try:
+            sizes = {info.location: info.size for info in batch}
+            try:
+                result = await self.backend.adelete_many(list(sizes))
+            except Exception as exc:  # one failed batch must not stop the run
+                reason = f"{type(exc).__name__}: {exc}"
+                for location in sizes:
+                    report.add_failure(location, reason)
+                logger.warning("deleting a batch of %d objects failed: %s", len(sizes), reason)
+                return
+            for location in result.deleted:
+                report.deleted += 1
+                report.bytes_freed += sizes.get(location, 0)
+            for location, reason in result.failed.items():
+                report.add_failure(location, reason)
+            if result.failed:
+                location, reason = next(iter(result.failed.items()))
+                logger.warning(
+                    "could not delete %d of %d objects, e.g. %r: %s",
+                    len(result.failed),
+                    len(sizes),
+                    location,
+                    reason,
+                )
+        finally:
+            slots.release()
+        self._notify()
+
+    async def _acleanup_leftovers(self) -> None:
+        older_than = self.cutoff - self.backend.timestamp_resolution
+        try:
+            self.report.leftovers_removed = await self.backend.acleanup_leftovers(
+                older_than=older_than, dry_run=self.report.dry_run
+            )
+        except Exception as exc:  # counted like a failed deletion; the report still comes back
+            self.report.add_failure(_LEFTOVERS, f"{type(exc).__name__}: {exc}")
+            logger.warning("removing leftovers failed: %s", exc)
+
+    # -- progress ---------------------------------------------------------------
+
+    def _set_phase(self, phase: Phase) -> None:
+        self.phase = phase
+        self._notify()
+
+    def _notify(self) -> None:
+        callback = self.options.progress
+        if callback is None:
+            return
+        report = self.report
+        callback(
+            GarbageCollectionProgress(
+                storage_key=report.storage_key,
+                phase=self.phase,
+                references_read=self.index.references_read,
+                scanned=report.scanned,
+                orphaned=report.orphaned,
+                deleted=report.deleted,
+                failed=report.failed,
+                elapsed=time.monotonic() - self.started,
+            )
+        )
+
+
+async def _aclose(iterator: AsyncIterator[ObjectInfo]) -> None:
+    aclose = getattr(iterator, "aclose", None)
+    if callable(aclose):
+        with anyio.CancelScope(shield=True):
+            await aclose()
