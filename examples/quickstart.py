@@ -102,7 +102,8 @@ async def main(directory: Path) -> None:
         rolled_back = draft.stored_content.ref
         await session.rollback()
         await drain_pending_deletions(session)
-        assert rolled_back is not None and not await manager.aexists(rolled_back)
+        assert rolled_back is not None
+        assert not await manager.aexists(rolled_back)
         print(f"rollback   removed {rolled_back.location}")
 
         # 7. Clearing a reference does no I/O; the object becomes an orphan.
@@ -126,7 +127,8 @@ async def main(directory: Path) -> None:
         print(f"gc dry run {dry.orphaned} orphans of {dry.scanned} objects, deleted {dry.deleted}")
         report = await gc.acollect(storage_key="documents", dry_run=False)
         print(report)
-        assert report.deleted == 2 and report.referenced == 1
+        assert report.deleted == 2
+        assert report.referenced == 1
         assert await doc.aget_content_text() == "%PDF-1.7 final"
     await engine.dispose()
     print("done")
