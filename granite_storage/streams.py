@@ -27,6 +27,7 @@ __all__ = [
     "aclose_iterator",
     "acoalesce",
     "aiter_chunks",
+    "check_size_limit",
 ]
 
 #: Default size of the chunks read from sources and written to backends.
@@ -201,6 +202,19 @@ async def acoalesce(
         await aclose_iterator(chunks)
 
 
+def check_size_limit(total: int, max_size: int | None) -> None:
+    """The one size check: raise once ``total`` bytes exceed ``max_size``.
+
+    :raises ContentTooLargeError: if ``max_size`` is set and ``total`` is larger.
+    """
+    if max_size is not None and total > max_size:
+        raise ContentTooLargeError(
+            f"content is larger than the limit of {max_size} bytes "
+            f"(received {total} bytes so far)",
+            max_size=max_size,
+        )
+
+
 class SizeLimiter:
     """Pass chunks through, raising :class:`ContentTooLargeError` as soon as
     more than ``max_size`` bytes went by, whatever the chunking.
@@ -220,12 +234,7 @@ class SizeLimiter:
     async def __anext__(self) -> bytes:
         chunk = await anext(self._chunks)
         self.total += len(chunk)
-        if self.max_size is not None and self.total > self.max_size:
-            raise ContentTooLargeError(
-                f"content is larger than the limit of {self.max_size} bytes "
-                f"(received {self.total} bytes so far)",
-                max_size=self.max_size,
-            )
+        check_size_limit(self.total, self.max_size)
         return chunk
 
     async def aclose(self) -> None:

@@ -17,8 +17,8 @@ from typing import Protocol
 import anyio
 from anyio.abc import TaskGroup
 
-from granite_storage.errors import ContentTooLargeError
 from granite_storage.refs import StoredObjectRef
+from granite_storage.streams import check_size_limit
 
 __all__ = ["ObjectPipe", "UploadStore"]
 
@@ -102,12 +102,7 @@ class ObjectPipe:
         :raises ContentTooLargeError: once more than ``max_size`` bytes came.
         """
         self._total += len(data)
-        if self._max_size is not None and self._total > self._max_size:
-            raise ContentTooLargeError(
-                f"the upload is larger than the limit of {self._max_size} bytes "
-                f"(received {self._total} bytes so far)",
-                max_size=self._max_size,
-            )
+        check_size_limit(self._total, self._max_size)
         self._pending += data
         size = self._chunk_size
         while len(self._pending) >= size:
