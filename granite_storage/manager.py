@@ -20,10 +20,12 @@ from granite_storage.refs import StoredObjectRef, clean_text, utcnow_iso
 from granite_storage.streams import (
     DEFAULT_CHUNK_SIZE,
     ByteSource,
+    Sha256Digest,
     SizeLimiter,
     aclose_iterator,
     acoalesce,
     aiter_chunks,
+    check_size_limit,
 )
 
 __all__ = ["StorageManager", "aguess_content_type"]
@@ -294,7 +296,8 @@ class StorageManager:
 
         The location is generated as for :meth:`aput_stream`, and the policy's
         ``max_size`` becomes the allowed content-length range. After the
-        upload, build the ref with the location returned here.
+        upload, build the ref with :meth:`aref_for_upload` and the location
+        returned here.
 
         :raises OperationNotSupportedError: if the backend cannot sign uploads.
         """
@@ -312,6 +315,53 @@ class StorageManager:
             max_size=policy.max_size,
             content_type=clean_text(content_type) or await aguess_content_type(original_filename),
             expires_in=expires_in,
+        )
+
+    async def aref_for_upload(
+        self,
+        *,
+        storage_key: str,
+        location: str,
+        original_filename: str | None = None,
+        content_type: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> StoredObjectRef:
+        """The ref of an object a client uploaded directly (see
+        :meth:`apresigned_upload`), built by reading the object once.
+
+        The size and sha256 are measured from the stored bytes, never taken
+        from the client. An object over the policy's ``max_size`` (a store
+        that does not enforce the presigned content-length range) is deleted.
+
+        :raises ObjectNotFoundError: if nothing was uploaded at ``location``.
+        :raises ContentTooLargeError: if the object is over ``max_size``; it
+            has been deleted.
+        :raises InvalidLocationError: if ``location`` is unsafe or outside the
+            policy's prefix.
+        """
+        original_filename = clean_text(original_filename)
+        probe = StoredObjectRef(storage_key, "", location, 0, "")
+        policy, backend = self._resolve(probe)
+        digest = Sha256Digest()
+        try:
+            async with backend.aopen(probe) as reader:
+                async for chunk in reader:
+                    await digest.aupdate(chunk)
+                    check_size_limit(digest.size, policy.max_size)
+        except ContentTooLargeError:
+            with anyio.CancelScope(shield=True):
+                await backend.adelete(probe)
+            raise
+        return StoredObjectRef(
+            storage_key=storage_key,
+            backend=backend.backend_name,
+            location=location,
+            size=digest.size,
+            checksum=digest.checksum,
+            content_type=clean_text(content_type) or await aguess_content_type(original_filename),
+            original_filename=original_filename,
+            created_at=utcnow_iso(),
+            extra=extra,
         )
 
     # -- lifecycle ----------------------------------------------------------
