@@ -209,8 +209,7 @@ def check_size_limit(total: int, max_size: int | None) -> None:
     """
     if max_size is not None and total > max_size:
         raise ContentTooLargeError(
-            f"content is larger than the limit of {max_size} bytes "
-            f"(received {total} bytes so far)",
+            f"content is larger than the limit of {max_size} bytes (received {total} bytes so far)",
             max_size=max_size,
         )
 
