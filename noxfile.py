@@ -70,6 +70,17 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def reliability(session: nox.Session) -> None:
-    """Fault-injection and crash-safety tests in tests/reliability."""
+    """Fault-injection and crash-safety tests in tests/reliability, in their full form
+    (500-upload soaks, a long S3 fault campaign, more crash points and hypothesis
+    examples). ``GRANITE_STORAGE_RELIABILITY=short nox -s reliability`` runs the short
+    form every pytest run includes; ``GRANITE_STORAGE_RELIABILITY_SEED=N`` replays a run."""
     session.install(*DEV)
-    session.run("python", "-m", "pytest", "tests/reliability", *session.posargs)
+    mode = os.environ.get("GRANITE_STORAGE_RELIABILITY", "full")
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "tests/reliability",
+        *session.posargs,
+        env={"GRANITE_STORAGE_RELIABILITY": mode},
+    )

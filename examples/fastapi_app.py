@@ -46,7 +46,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -183,8 +183,12 @@ DocumentDep = Annotated[Document, Depends(get_document)]
 # --------------------------------------------------------------------------- the app
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The app; ``settings`` default to the environment (see the module docstring)."""
+def create_app(settings: Settings | None = None, manager: StorageManager | None = None) -> FastAPI:
+    """The app; ``settings`` default to the environment (see the module docstring).
+
+    ``manager`` replaces the local-disk manager built from ``settings`` (to store
+    on S3, say); it needs a ``"documents"`` policy, and its owner closes it.
+    """
     settings = settings or Settings.from_env()
 
     @asynccontextmanager
@@ -196,10 +200,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             async with engine.begin() as conn:
                 await conn.run_sync(Base.metadata.create_all)
-            async with make_manager(settings) as manager:  # closes the backends at shutdown
-                Document.configure_storage_manager(manager)
+            # Closes the backends at shutdown (a manager passed in is its owner's to close).
+            async with (
+                nullcontext(manager) if manager is not None else make_manager(settings)
+            ) as storage:
+                Document.configure_storage_manager(storage)
                 app.state.settings = settings
-                app.state.manager = manager
+                app.state.manager = storage
                 app.state.sessions = async_sessionmaker(engine, expire_on_commit=False)
                 yield
         finally:

@@ -39,9 +39,9 @@ _MAX_SUFFIX_LENGTH = 10
 _UNSAFE_RUN = re.compile(r"[^A-Za-z0-9._-]+")
 _SUFFIX = re.compile(rf"\.[a-z0-9]{{1,{_MAX_SUFFIX_LENGTH}}}")
 # Characters that must never appear in a location, whatever its origin:
-# control characters (NUL included), backslashes and a few that S3 and
-# Windows treat specially.
-_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\]")
+# control characters (NUL included), backslashes, and unpaired surrogates
+# (no file system, S3 key or JSON column can encode them).
+_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\\ud800-\udfff]")
 
 
 def sanitize_segment(value: object, *, what: str = "segment") -> str:
@@ -97,8 +97,8 @@ def validate_location(location: str, *, what: str = "location") -> str:
     """Return ``location`` unchanged if it is a safe relative key.
 
     :raises InvalidLocationError: if it is empty, too long, absolute, has an
-        empty, ``.`` or ``..`` segment, or holds control characters or
-        backslashes.
+        empty, ``.`` or ``..`` segment, or holds control characters,
+        backslashes or unpaired surrogates.
     """
     if not isinstance(location, str) or not location:
         raise InvalidLocationError(f"{what} must be a non-empty string, got {location!r}")
@@ -106,7 +106,7 @@ def validate_location(location: str, *, what: str = "location") -> str:
         raise InvalidLocationError(f"{what} is longer than {MAX_LOCATION_LENGTH} characters")
     if _FORBIDDEN.search(location):
         raise InvalidLocationError(
-            f"{what} {location!r} contains control characters or backslashes"
+            f"{what} {location!r} contains control characters, backslashes or unpaired surrogates"
         )
     for segment in location.split("/"):
         if segment in ("", ".", ".."):

@@ -19,6 +19,7 @@ LEGACY_INLINE_TEXT_KEY = "legacy_inline_text"
 # Characters a JSON column cannot hold on every database: PostgreSQL's JSONB
 # rejects NUL (\u0000), and lone surrogates cannot be encoded as UTF-8.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 def clean_text(value: str | None) -> str | None:
@@ -69,12 +70,13 @@ class StoredObjectRef:
     def legacy_inline_text(self) -> str | None:
         """Inline text kept by a 0.1.0 text-to-ref migration, if this ref is one.
 
-        Such refs have no location: the text itself is the content.
+        Such refs have no location: the text itself is the content. Unpaired
+        surrogates (which UTF-8 cannot encode) read as U+FFFD.
         """
         if self.location or not self.extra:
             return None
         text = self.extra.get(LEGACY_INLINE_TEXT_KEY)
-        return text if isinstance(text, str) else None
+        return _SURROGATES.sub("\ufffd", text) if isinstance(text, str) else None
 
     def replace(self, **changes: Any) -> StoredObjectRef:
         """A copy of this ref with ``changes`` applied."""
@@ -134,7 +136,7 @@ class StoredObjectRef:
                 created_at=_opt_str(data.get("created_at")),
                 extra=dict(extra) if extra is not None else None,
             )
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # Overflow: a size of Infinity
             raise StorageError(f"invalid stored object ref {dict(data)!r}: {exc}") from exc
 
 

@@ -9,6 +9,7 @@ original exception kept as ``__cause__``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
@@ -68,6 +69,7 @@ _RESERVED_PUT_KWARGS = frozenset(
     {"Bucket", "Key", "Body", "ChecksumAlgorithm", "ChecksumSHA256", "ContentLength", "ContentMD5"}
 )
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+_HEADER_SAFE = re.compile(r"[\x20-\x7e]+")
 _ACCESS_CODES = frozenset(
     {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 )
@@ -366,7 +368,10 @@ class S3StorageBackend(StorageBackend):
         """
         location = validate_location(key)
         put_kwargs = {**self.extra_put_kwargs, "Bucket": self.bucket, "Key": self._key(location)}
-        if content_type:
+        if content_type and _HEADER_SAFE.fullmatch(content_type):
+            # A type that cannot travel in an HTTP header (CR, LF, other control
+            # or non-ASCII characters) is left out: S3 then stores its default,
+            # and the ref keeps the type as given, as on every other backend.
             put_kwargs["ContentType"] = content_type
         target = UploadTarget(
             self.bucket, self._key(location), put_kwargs, self.checksum_validation
