@@ -42,10 +42,11 @@ async def test_upload_is_invisible_until_complete(tmp_path: Path) -> None:
     seen: dict[str, list[str]] = {}
 
     async def source() -> AsyncIterator[bytes]:
-        yield b"a" * 100_000
+        yield b"a" * (1 << 20)
+        yield b"b" * (1 << 20)
         halfway.set()
         await release.wait()
-        yield b"b" * 100_000
+        yield b"c" * 100_000
 
     async def watch() -> None:
         await halfway.wait()
@@ -171,3 +172,16 @@ async def test_256_mib_upload_keeps_memory_bounded(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert ref.size == 256 << 20
     assert peak < 32 << 20, f"peak traced memory {peak / 2**20:.1f} MiB"
+
+
+@pytest.mark.parametrize("size", [10, 3 << 20])  # one-chunk and streamed writes
+async def test_writes_cannot_follow_a_symlinked_directory(tmp_path: Path, size: int) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    await anyio.Path(outside).mkdir()
+    await anyio.Path(root / "docs").mkdir(parents=True)
+    await anyio.Path(root / "docs" / "m").symlink_to(outside)
+    manager = make_manager(root)
+    with pytest.raises(InvalidLocationError, match="symlink"):
+        await put_stream(manager, b"x" * size)
+    assert await anyio.to_thread.run_sync(files_under, outside) == []
+    assert await anyio.to_thread.run_sync(files_under, root / TEMP_DIR_NAME) == []

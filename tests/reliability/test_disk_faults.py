@@ -154,7 +154,7 @@ async def test_injected_write_fault_leaves_nothing(
         on_call = 1 if step == "first-write" else 3
         monkeypatch.setattr(local_module, "_write_all", failing_write(code, on_call, counter))
     else:
-        name = {"fsync": "fsync", "make-directory": "makedirs", "rename": "replace"}[step]
+        name = {"fsync": "fsync", "make-directory": "mkdir", "rename": "replace"}[step]
         fake_os = FailingOs(name, code, root)
         monkeypatch.setattr(local_module, "os", fake_os)
 
