@@ -44,8 +44,9 @@ class GarbageCollectionReport:
     ``eligible`` (old enough: deleted, failed, or in a dry run "would be
     deleted"). In a run that was not stopped early,
     ``orphaned == skipped_too_young + eligible`` and, unless it was a dry run,
-    ``eligible == deleted + failed`` (a leftover cleanup that fails also
-    counts one failure).
+    ``eligible == deleted + failed + skipped_in_use`` (a leftover cleanup
+    that fails also counts one failure; ``skipped_in_use`` is 0 except for
+    the object ledger's strict collections, see ``granite_storage.ledger_gc``).
     """
 
     scanned: int = 0
@@ -68,6 +69,9 @@ class GarbageCollectionReport:
     #: Deletions that failed; the first :data:`MAX_FAILURES_KEPT` are in ``failures``.
     failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    #: Orphans a strict (ledger) collection did not delete because a
+    #: transaction held them or a reference appeared: kept, retried next run.
+    skipped_in_use: int = 0
     #: The sizes of the objects deleted (listing sizes), in bytes.
     bytes_freed: int = 0
     #: Temporary files or multipart uploads removed (or, in a dry run, found).
@@ -107,6 +111,7 @@ class GarbageCollectionReport:
             "eligible": self.eligible,
             "failed": self.failed,
             "failures": [[location, reason] for location, reason in self.failures],
+            "skipped_in_use": self.skipped_in_use,
             "bytes_freed": self.bytes_freed,
             "leftovers_removed": self.leftovers_removed,
             "duration": self.duration,
@@ -137,6 +142,11 @@ class GarbageCollectionReport:
             f"({self.skipped_too_young:,} younger than {_human_duration(self.min_age)}, kept)",
             f"  deleted            {deleted}",
             f"  failed             {self.failed:,}",
+            *(
+                [f"  in use             {self.skipped_in_use:,} (kept: a transaction holds them)"]
+                if self.skipped_in_use
+                else []
+            ),
             f"  leftovers          {leftovers}",
             f"  duration           {self.duration:.2f} s",
         ]

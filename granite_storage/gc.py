@@ -62,6 +62,7 @@ __all__ = [
     "ReferenceSource",
     "StorageGarbageCollector",
     "UnsafeCollectionError",
+    "check_separable",
 ]
 
 logger = logging.getLogger("granite_storage.gc")
@@ -193,22 +194,32 @@ class StorageGarbageCollector:
         return report
 
     def _check_separable(self, policy: StoragePolicy, backend: StorageBackend) -> None:
-        """Refuse when another policy's objects could lie under this policy's prefix."""
-        for other in self.manager.policies.values():
-            if other.storage_key == policy.storage_key:
-                continue
-            if self.manager.get_backend_for_policy(other) is not backend:
-                continue
-            if _prefixes_overlap(policy.key_prefix, other.key_prefix):
-                raise UnsafeCollectionError(
-                    f"cannot collect policy {policy.storage_key!r}: it shares its backend with "
-                    f"policy {other.storage_key!r} and their key prefixes "
-                    f"({policy.key_prefix!r} and {other.key_prefix!r}) do not keep their objects "
-                    f"apart, so objects of {other.storage_key!r} would look like orphans "
-                    f"(granite-storage 0.1.0 deleted them). Give each policy its own key_prefix, "
-                    f"neither inside the other (for example key_prefix={policy.storage_key!r} "
-                    f"and key_prefix={other.storage_key!r}), or give them separate backends"
-                )
+        check_separable(self.manager, policy, backend)
+
+
+def check_separable(
+    manager: StorageManager, policy: StoragePolicy, backend: StorageBackend
+) -> None:
+    """Refuse when another policy's objects could lie under this policy's prefix.
+
+    :raises UnsafeCollectionError: if another policy shares ``backend`` and no
+        key prefix keeps the two policies' objects apart.
+    """
+    for other in manager.policies.values():
+        if other.storage_key == policy.storage_key:
+            continue
+        if manager.get_backend_for_policy(other) is not backend:
+            continue
+        if _prefixes_overlap(policy.key_prefix, other.key_prefix):
+            raise UnsafeCollectionError(
+                f"cannot collect policy {policy.storage_key!r}: it shares its backend with "
+                f"policy {other.storage_key!r} and their key prefixes "
+                f"({policy.key_prefix!r} and {other.key_prefix!r}) do not keep their objects "
+                f"apart, so objects of {other.storage_key!r} would look like orphans "
+                f"(granite-storage 0.1.0 deleted them). Give each policy its own key_prefix, "
+                f"neither inside the other (for example key_prefix={policy.storage_key!r} "
+                f"and key_prefix={other.storage_key!r}), or give them separate backends"
+            )
 
 
 def _prefixes_overlap(a: str | None, b: str | None) -> bool:

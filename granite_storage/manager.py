@@ -112,13 +112,41 @@ class StorageManager:
         """The policy and backend of ``ref``, after checking its location is
         safe and lies under the policy's prefix (before any I/O)."""
         policy = self.get_policy(ref.storage_key)
-        validate_location(ref.location)
-        if not is_under_prefix(ref.location, policy.key_prefix):
+        self._check_location(policy, ref.location)
+        return policy, self.get_backend_for_policy(policy)
+
+    def new_location(
+        self,
+        *,
+        storage_key: str,
+        model_name: str,
+        entity_id: object,
+        field_name: str,
+        original_filename: str | None = None,
+    ) -> str:
+        """A new, unique location for one write under ``storage_key``'s policy
+        (see :func:`~granite_storage.locations.build_location`). No I/O.
+
+        :raises StorageError: for an unknown storage key.
+        :raises InvalidLocationError: if a name has no safe characters.
+        """
+        policy = self.get_policy(storage_key)
+        return build_location(
+            key_prefix=policy.key_prefix,
+            model_name=model_name,
+            entity_id=entity_id,
+            field_name=field_name,
+            original_filename=original_filename,
+        )
+
+    @staticmethod
+    def _check_location(policy: StoragePolicy, location: str) -> None:
+        validate_location(location)
+        if not is_under_prefix(location, policy.key_prefix):
             raise InvalidLocationError(
-                f"location {ref.location!r} is outside the prefix {policy.key_prefix!r} "
+                f"location {location!r} is outside the prefix {policy.key_prefix!r} "
                 f"of policy {policy.storage_key!r}"
             )
-        return policy, self.get_backend_for_policy(policy)
 
     # -- writes -------------------------------------------------------------
 
@@ -165,6 +193,7 @@ class StorageManager:
         content_type: str | None = None,
         original_filename: str | None = None,
         extra: dict[str, Any] | None = None,
+        location: str | None = None,
     ) -> StoredObjectRef:
         """Stream ``stream`` into a new object and return its ref.
 
@@ -173,22 +202,30 @@ class StorageManager:
         worker thread), or a (async) iterable of bytes. Every call writes a
         new, unique location.
 
+        :param location: a location made beforehand with :meth:`new_location`
+            for the same policy (for callers that must record the location
+            before the upload starts, such as the SQLAlchemy object ledger);
+            ``None`` builds a new one.
         :raises ContentTooLargeError: as soon as more than the policy's
             ``max_size`` bytes arrived; nothing of the upload remains.
-        :raises InvalidLocationError: if a name has no safe characters.
+        :raises InvalidLocationError: if a name has no safe characters, or a
+            given ``location`` is unsafe or outside the policy's prefix.
         :raises StorageError: for an unknown storage key or a backend failure.
         """
         policy = self.get_policy(storage_key)
         backend = self.get_backend_for_policy(policy)
         original_filename = clean_text(original_filename)
         content_type = clean_text(content_type) or await aguess_content_type(original_filename)
-        location = build_location(
-            key_prefix=policy.key_prefix,
-            model_name=model_name,
-            entity_id=entity_id,
-            field_name=field_name,
-            original_filename=original_filename,
-        )
+        if location is None:
+            location = self.new_location(
+                storage_key=storage_key,
+                model_name=model_name,
+                entity_id=entity_id,
+                field_name=field_name,
+                original_filename=original_filename,
+            )
+        else:
+            self._check_location(policy, location)
         # source -> bounded chunks -> size limit (counts every byte as it
         # arrives) -> small chunks merged, so tiny pieces cost no extra I/O.
         chunks = acoalesce(

@@ -2,7 +2,8 @@
 
 ``document.file_ref`` was added by 0002; ``section_item.content_markdown`` was
 a text column that 0003 turned into a ref (its old text is served by
-``aget_content_text()``; new content goes to storage).
+``aget_content_text()``; new content goes to storage); 0004 created the
+object ledger's table.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from sqlalchemy import Index, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from granite_storage import StoredContentMixin, StoredObjectRef, StoredObjectRefType
+from granite_storage.integrations.sqlalchemy import ObjectLedger
 
 
 class Base(DeclarativeBase):
@@ -39,3 +41,8 @@ class SectionItem(StoredContentMixin, Base):
 # Speeds up the "is this object still referenced?" check that runs after a
 # commit when replaced objects are deleted (see versions/0002).
 Index("ix_document_file_ref_location", Document.__table__.c.file_ref["location"].as_string())
+
+# The object ledger's table (versions/0004), in the models' MetaData so that
+# autogenerate sees it. Opt in with
+# ``StoredContentMixin.configure_storage_manager(manager, ledger=ledger)``.
+ledger = ObjectLedger(Base.metadata)

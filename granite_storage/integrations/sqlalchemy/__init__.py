@@ -1,5 +1,6 @@
 """SQLAlchemy 2 integration: ref columns, the stored-content mixin, files that
-follow the transaction, and ref iterators for the garbage collector."""
+follow the transaction, ref iterators for the garbage collector, and the
+optional object ledger."""
 
 from granite_storage.integrations.sqlalchemy.content import (
     FieldSpec as FieldSpec,
@@ -15,6 +16,12 @@ from granite_storage.integrations.sqlalchemy.content import (
 )
 from granite_storage.integrations.sqlalchemy.events import (
     drain_pending_deletions as drain_pending_deletions,
+)
+from granite_storage.integrations.sqlalchemy.ledger import (
+    LedgerConflictError as LedgerConflictError,
+)
+from granite_storage.integrations.sqlalchemy.ledger import (
+    ObjectLedger as ObjectLedger,
 )
 from granite_storage.integrations.sqlalchemy.mixin import (
     StoredContentField as StoredContentField,
@@ -46,6 +53,8 @@ from granite_storage.integrations.sqlalchemy.types import (
 
 __all__ = [
     "FieldSpec",
+    "LedgerConflictError",
+    "ObjectLedger",
     "ReplaceContentResult",
     "StorageJSONType",
     "StoredContent",

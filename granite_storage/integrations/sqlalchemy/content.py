@@ -12,7 +12,7 @@ import inspect
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio.to_thread
 from sqlalchemy import inspect as sa_inspect
@@ -21,6 +21,7 @@ from sqlalchemy.orm import InstanceState, object_session
 
 from granite_storage.contracts import ObjectReader
 from granite_storage.errors import ConfigurationError, ObjectNotFoundError, StorageError
+from granite_storage.integrations.sqlalchemy._ledger_claims import UploadClaim, aclaim_upload
 from granite_storage.integrations.sqlalchemy.events import (
     TrackedObject,
     track_release,
@@ -37,17 +38,24 @@ from granite_storage.manager import StorageManager
 from granite_storage.refs import StoredObjectRef
 from granite_storage.streams import ByteSource
 
+if TYPE_CHECKING:
+    from granite_storage.integrations.sqlalchemy.ledger import ObjectLedger
+
 __all__ = [
+    "LEDGER_ATTRIBUTE",
     "MANAGER_ATTRIBUTE",
     "FieldSpec",
     "ReplaceContentResult",
     "StoredContent",
     "UploadFileLike",
+    "ledger_of",
     "storage_manager_of",
 ]
 
 #: The class attribute ``configure_storage_manager`` sets.
 MANAGER_ATTRIBUTE = "__granite_storage_manager__"
+#: The class attribute holding the object ledger (``None``: plain mode).
+LEDGER_ATTRIBUTE = "__granite_storage_ledger__"
 
 _TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 
@@ -107,6 +115,11 @@ def storage_manager_of(cls: type[Any]) -> StorageManager:
             "before using its stored content"
         )
     return manager
+
+
+def ledger_of(cls: type[Any]) -> ObjectLedger | None:
+    """The object ledger ``cls.configure_storage_manager`` set, or ``None``."""
+    return getattr(cls, LEDGER_ATTRIBUTE, None)
 
 
 class StoredContent:
@@ -316,19 +329,50 @@ class StoredContent:
         session = object_session(self._instance)
         tracked = None if session is None else (metadata_of(mapper), bind_of(session, mapper))
         await self.aget_ref()  # load an expired column before the upload
-        ref = await manager.aput_stream(
-            storage_key=self._spec.storage_key,
-            model_name=model_name_of(mapper),
-            entity_id=entity_id,
-            field_name=self._spec.field_name,
-            stream=source,
-            content_type=content_type,
-            original_filename=filename,
-            extra=extra,
-        )
-        # From here to the end nothing awaits: what was read is what gets replaced.
+        storage_key, field_name = self._spec.storage_key, self._spec.field_name
+        model_name = model_name_of(mapper)
+        ledger = ledger_of(type(self._instance)) if session is not None else None
+        claim: UploadClaim | None = None
+        if ledger is not None and session is not None:
+            # The object ledger: record and claim the location before any byte is sent.
+            location = manager.new_location(
+                storage_key=storage_key,
+                model_name=model_name,
+                entity_id=entity_id,
+                field_name=field_name,
+                original_filename=filename,
+            )
+            backend = manager.get_backend_for_policy(manager.get_policy(storage_key))
+            claim = await aclaim_upload(
+                ledger,
+                self._instance,
+                session,
+                mapper,
+                location=location,
+                storage_key=storage_key,
+                backend=backend.backend_name,
+            )
+        try:
+            ref = await manager.aput_stream(
+                storage_key=storage_key,
+                model_name=model_name,
+                entity_id=entity_id,
+                field_name=field_name,
+                stream=source,
+                content_type=content_type,
+                original_filename=filename,
+                extra=extra,
+                location=None if claim is None else claim.location,
+            )
+        except BaseException:
+            if claim is not None:
+                await claim.aabandon()
+            raise
         if session is not None and tracked is not None:
-            track_upload(session, TrackedObject(manager, ref, *tracked))
+            track_upload(session, TrackedObject(manager, ref, *tracked, ledger=ledger))
+        if claim is not None:
+            await claim.arecord(ref)
+        # From here to the end nothing awaits: what was read is what gets replaced.
         previous = self._current()
         setattr(self._instance, self._spec.ref_attr, ref)
         if previous is not None:
@@ -341,7 +385,12 @@ class StoredContent:
             return  # no transaction to follow, or a legacy inline-text ref (no object)
         mapper = self._state().mapper
         manager = self._manager()
-        obj = TrackedObject(manager, previous, metadata_of(mapper), bind_of(session, mapper))
+        ledger = ledger_of(type(self._instance))
+        if ledger is not None:
+            ledger.watch(session)  # the flush releases the previous ref in the ledger
+        obj = TrackedObject(
+            manager, previous, metadata_of(mapper), bind_of(session, mapper), ledger=ledger
+        )
         track_release(session, obj, delete_after_commit=self._delete_replaced(manager, previous))
 
     def _delete_replaced(self, manager: StorageManager, previous: StoredObjectRef) -> bool:

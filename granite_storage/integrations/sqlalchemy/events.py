@@ -60,10 +60,10 @@ import functools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import ParamSpec, TypeAlias
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeAlias
 
 import anyio.to_thread
-from sqlalchemy import Engine, MetaData, event, select, union_all
+from sqlalchemy import JSON, CompoundSelect, Engine, MetaData, bindparam, event, select, union_all
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -71,11 +71,15 @@ from granite_storage.integrations.sqlalchemy.types import stored_ref_columns
 from granite_storage.manager import StorageManager
 from granite_storage.refs import StoredObjectRef
 
+if TYPE_CHECKING:
+    from granite_storage.integrations.sqlalchemy.ledger import ObjectLedger
+
 __all__ = [
     "TrackedObject",
     "adelete_unreferenced",
     "areferenced_locations",
     "drain_pending_deletions",
+    "referenced_locations_statements",
     "track_release",
     "track_upload",
 ]
@@ -97,12 +101,15 @@ class TrackedObject:
     :param ref: its ref.
     :param metadata: where to look for rows that still reference it.
     :param bind: the engine of those rows (a fresh connection is taken from it).
+    :param ledger: the object ledger of the model, if one is configured: the
+        deletion then goes through the ledger's strict protocol.
     """
 
     manager: StorageManager
     ref: StoredObjectRef
     metadata: MetaData
     bind: Engine
+    ledger: ObjectLedger | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -285,11 +292,15 @@ async def adelete_unreferenced(objects: Iterable[TrackedObject], *, reason: str 
     for obj in objects:
         if obj.ref.location:  # legacy inline-text refs have no object
             unique.setdefault(obj.ref.location, obj)
-    groups: dict[tuple[int, int], list[TrackedObject]] = {}
+    groups: dict[tuple[int, int, int], list[TrackedObject]] = {}
     for obj in unique.values():
-        groups.setdefault((id(obj.bind), id(obj.metadata)), []).append(obj)
+        groups.setdefault((id(obj.bind), id(obj.metadata), id(obj.ledger)), []).append(obj)
     for group in groups.values():
-        bind, metadata = group[0].bind, group[0].metadata
+        bind, metadata, ledger = group[0].bind, group[0].metadata, group[0].ledger
+        if ledger is not None:
+            # Won through the ledger first: never deleted while a transaction holds it.
+            await ledger.asweep_tracked(group, bind=bind, metadata=metadata, reason=reason)
+            continue
         try:
             referenced = await areferenced_locations(
                 bind, metadata, [o.ref.location for o in group]
@@ -325,21 +336,9 @@ async def areferenced_locations(bind: Engine, metadata: MetaData, locations: lis
 
     A sync engine is queried in a worker thread.
     """
-    columns = stored_ref_columns(metadata)
-    if not columns or not locations:
+    statements = referenced_locations_statements(metadata, locations)
+    if not statements:
         return set()
-    batches = [locations[i : i + _CHECK_BATCH] for i in range(0, len(locations), _CHECK_BATCH)]
-    statements = [
-        union_all(
-            *(
-                select(column["location"].as_string().label("location")).where(
-                    column["location"].as_string().in_(batch)
-                )
-                for column in columns
-            )
-        )
-        for batch in batches
-    ]
     found: set[str] = set()
     if bind.dialect.is_async:
         async with AsyncEngine(bind).connect() as conn:
@@ -354,6 +353,34 @@ async def areferenced_locations(bind: Engine, metadata: MetaData, locations: lis
 
     await anyio.to_thread.run_sync(run)
     return found
+
+
+def referenced_locations_statements(
+    metadata: MetaData, locations: list[str]
+) -> list[CompoundSelect[Any]]:
+    """The queries of :func:`areferenced_locations`: each selects the
+    locations of one batch that some ref column under ``metadata`` holds
+    (``col ->> 'location' IN (...)``, one ``UNION ALL`` branch per column).
+    Empty when there are no ref columns or no locations."""
+    columns = stored_ref_columns(metadata)
+    if not columns or not locations:
+        return []
+    batches = [locations[i : i + _CHECK_BATCH] for i in range(0, len(locations), _CHECK_BATCH)]
+    # The JSON path is rendered as a literal, so that the expression matches an
+    # index on ``col ->> 'location'`` (SQLite cannot match a bound path, and a
+    # generic PostgreSQL plan neither).
+    key = bindparam("location_key", "location", type_=JSON.JSONStrIndexType(), literal_execute=True)
+    return [
+        union_all(
+            *(
+                select(column[key].as_string().label("location")).where(
+                    column[key].as_string().in_(batch)
+                )
+                for column in columns
+            )
+        )
+        for batch in batches
+    ]
 
 
 async def drain_pending_deletions(session: Session | AsyncSession) -> None:

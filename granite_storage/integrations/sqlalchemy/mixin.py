@@ -39,16 +39,22 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar, NoReturn, Self, overload
 
+from sqlalchemy import event
+from sqlalchemy.orm import QueryContext
+
 from granite_storage.contracts import ObjectReader
 from granite_storage.errors import ConfigurationError
 from granite_storage.integrations.sqlalchemy.content import (
+    LEDGER_ATTRIBUTE,
     MANAGER_ATTRIBUTE,
     FieldSpec,
     ReplaceContentResult,
     StoredContent,
     UploadFileLike,
+    ledger_of,
     storage_manager_of,
 )
+from granite_storage.integrations.sqlalchemy.ledger import ObjectLedger
 from granite_storage.manager import StorageManager
 from granite_storage.refs import StoredObjectRef
 from granite_storage.streams import ByteSource
@@ -101,16 +107,35 @@ class StoredContentMixin:
     # -- configuration -----------------------------------------------------------
 
     @classmethod
-    def configure_storage_manager(cls, manager: StorageManager) -> None:
+    def configure_storage_manager(
+        cls, manager: StorageManager, *, ledger: ObjectLedger | None = None
+    ) -> None:
         """Use ``manager`` for this class and its subclasses (those that do not
-        configure their own). Calling it again replaces the manager.
-        ``StoredContentMixin.configure_storage_manager(manager)`` sets it for
-        every model at once."""
+        configure their own). Calling it again replaces the manager (and the
+        ledger). ``StoredContentMixin.configure_storage_manager(manager)`` sets
+        it for every model at once.
+
+        :param ledger: an :class:`~granite_storage.integrations.sqlalchemy.ledger.ObjectLedger`
+            to record every upload in (opt-in: strict, listing-free garbage
+            collection; see ``docs/ledger.md``). ``None``: plain mode.
+        :raises ConfigurationError: if ``manager`` or ``ledger`` has the wrong type.
+        """
         if not isinstance(manager, StorageManager):
             raise ConfigurationError(
                 f"configure_storage_manager() takes a StorageManager, not {type(manager).__name__}"
             )
+        if ledger is not None and not isinstance(ledger, ObjectLedger):
+            raise ConfigurationError(
+                f"configure_storage_manager(ledger=...) takes an ObjectLedger, not "
+                f"{type(ledger).__name__}"
+            )
         setattr(cls, MANAGER_ATTRIBUTE, manager)
+        setattr(cls, LEDGER_ATTRIBUTE, ledger)
+        if ledger is not None and not event.contains(cls, "load", _watch_loaded):
+            # A session that loads a row of this model follows the ledger from
+            # then on, so that deleting or changing the row releases its refs.
+            event.listen(cls, "load", _watch_loaded, propagate=True)
+            event.listen(cls, "refresh", _watch_refreshed, propagate=True)
 
     @classmethod
     def get_storage_manager(cls) -> StorageManager:
@@ -280,6 +305,16 @@ class StoredContentField:
             f"assign refs to {self._ref_attr!r}, or store content with "
             "`await obj.<field>.aset(...)`; a stored content field cannot be assigned"
         )
+
+
+def _watch_loaded(target: object, context: QueryContext) -> None:
+    ledger = ledger_of(type(target))
+    if ledger is not None and context.session is not None:
+        ledger.watch(context.session)
+
+
+def _watch_refreshed(target: object, context: QueryContext, attrs: object) -> None:
+    _watch_loaded(target, context)
 
 
 def stored_content_field(

@@ -1,0 +1,109 @@
+"""The object ledger's table, its states and its error. No I/O.
+
+See :mod:`granite_storage.integrations.sqlalchemy.ledger` for the protocol.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    MetaData,
+    String,
+    Table,
+)
+
+from granite_storage.errors import StorageError
+from granite_storage.locations import MAX_LOCATION_LENGTH
+
+__all__ = [
+    "LEDGER_TABLE_NAME",
+    "LedgerConflictError",
+    "LedgerState",
+    "as_utc",
+    "ledger_table",
+]
+
+#: The default name of the ledger table.
+LEDGER_TABLE_NAME = "granite_storage_objects"
+
+
+class LedgerState(StrEnum):
+    """The state of one stored object in the ledger.
+
+    ``intent`` (recorded before the upload, in its own committed transaction)
+    -> ``live`` (claimed by the application's transaction; committed with the
+    row that references the object) -> ``released`` (a ref to it was replaced,
+    cleared or deleted) -> ``deleting`` (won by a collector: nobody can claim
+    it any more; the object is being deleted, then the row is).
+    """
+
+    INTENT = "intent"
+    LIVE = "live"
+    RELEASED = "released"
+    DELETING = "deleting"
+
+
+class LedgerConflictError(StorageError):
+    """The ledger refused an operation that could lose data, and nothing was
+    stored or committed:
+
+    * an upload's reservation was won by the garbage collector before the
+      upload's transaction could claim it (the upload waited longer than the
+      collector's grace period between recording its intent and claiming it):
+      retry the upload;
+    * a flush writes a ref to an object the garbage collector is deleting (a
+      ref copied from a row that no longer holds it): the ref is stale.
+
+    Maps to HTTP 409.
+    """
+
+    status_code = 409
+
+    def __init__(self, message: str, *, location: str) -> None:
+        super().__init__(message)
+        self.location = location
+
+
+def ledger_table(metadata: MetaData, name: str = LEDGER_TABLE_NAME) -> Table:
+    """Define the ledger table in ``metadata``.
+
+    One row per stored object: ``location`` (primary key), ``storage_key``,
+    ``backend`` (the backend's name), ``size`` and ``checksum`` (known once
+    the upload ended), ``created_at`` (the intent), ``updated_at`` (the last
+    change of state: the grace period of released rows counts from it) and
+    ``state`` (a :class:`LedgerState`). The index on ``(storage_key, state,
+    updated_at)`` makes the collector's candidate query cost O(candidates):
+    live rows, the bulk of the table, are never read by it.
+    """
+    states = ", ".join(f"'{state.value}'" for state in LedgerState)
+    return Table(
+        name,
+        metadata,
+        Column("location", String(MAX_LOCATION_LENGTH), primary_key=True),
+        Column("storage_key", String(255), nullable=False),
+        Column("backend", String(255), nullable=False),
+        Column("size", BigInteger, nullable=True),
+        Column("checksum", String(80), nullable=True),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("updated_at", DateTime(timezone=True), nullable=False),
+        Column("state", String(16), nullable=False),
+        CheckConstraint(f"state IN ({states})", name=f"ck_{name}_state"),
+        Index(f"ix_{name}_candidates", "storage_key", "state", "updated_at"),
+    )
+
+
+def as_utc(value: datetime) -> datetime:
+    """``value`` in UTC, timezone-aware (SQLite stores naive UTC timestamps).
+
+    :raises ValueError: if ``value`` is naive (a clock must return aware times).
+    """
+    if value.tzinfo is None:
+        raise ValueError(f"the ledger's clock must return an aware datetime, got {value!r}")
+    return value.astimezone(UTC)

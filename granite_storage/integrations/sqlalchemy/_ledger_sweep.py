@@ -1,0 +1,358 @@
+"""The collector side of the object ledger: win objects through the database's
+own concurrency control, check that no row references them, delete them.
+
+Every function that touches the database is written against a sync
+``Connection`` and runs through :func:`arun_on_connection`: on an async engine
+inside ``AsyncConnection.run_sync`` (SQLAlchemy's greenlet bridge, on the event
+loop), on a sync engine in a worker thread.
+
+Winning (see ``docs/ledger.md`` for the proof):
+
+* PostgreSQL, READ COMMITTED: ``UPDATE ... SET state='deleting' WHERE location
+  IN (SELECT ... FOR UPDATE SKIP LOCKED)``. A row that an open transaction
+  claimed, released or protected is locked by it and skipped, whatever its
+  age; a row that changed before the lock is re-checked against the newest
+  version. Rows that do not exist yet are won by inserting them in state
+  ``deleting`` (a unique-key conflict with an in-flight insert waits at most
+  ``lock_timeout``, and such locations are skipped).
+* SQLite: the transaction starts with ``BEGIN IMMEDIATE``, which takes the
+  database's single write lock (waiting at most the busy timeout). An
+  application transaction that claimed a row holds that lock until it ends,
+  so the collector never acts while one is open.
+
+Then, in the same transaction, the won locations are looked up in every
+``StoredObjectRefType`` column of the application's ``MetaData``; referenced
+ones go back to ``live``. Only after the commit are objects deleted, and only
+after a successful deletion is the row removed: a crash leaves ``deleting``
+rows that the next run finishes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import anyio.to_thread
+from sqlalchemy import Connection, Engine, MetaData, Table, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from granite_storage.errors import ConfigurationError
+from granite_storage.integrations.sqlalchemy._ledger_schema import LedgerState
+from granite_storage.integrations.sqlalchemy.events import referenced_locations_statements
+
+__all__ = [
+    "CANDIDATE_STATES",
+    "LockUnavailableError",
+    "Won",
+    "arun_on_connection",
+    "count_candidates",
+    "forget",
+    "sample_candidates",
+    "win_candidates",
+    "win_locations",
+]
+
+T = TypeVar("T")
+
+#: The states a listing-free collection looks at (once older than its cutoff).
+CANDIDATE_STATES = (LedgerState.INTENT, LedgerState.RELEASED, LedgerState.DELETING)
+_IN_BATCH = 500
+_LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL: lock_timeout expired
+
+
+class LockUnavailableError(Exception):
+    """The database lock a win needs could not be had in time (SQLite: another
+    transaction holds the write lock). Nothing was changed; try again later."""
+
+
+@dataclass(slots=True)
+class Won:
+    """The outcome of one winning transaction (already committed)."""
+
+    #: Locations now in state ``deleting``, nobody references them: location -> size.
+    deleting: dict[str, int | None] = field(default_factory=dict)
+    #: Won, but a row references them: back to ``live``, kept.
+    referenced: list[str] = field(default_factory=list)
+    #: Held by an open transaction (or being inserted by one): not won, kept.
+    skipped: list[str] = field(default_factory=list)
+
+
+async def arun_on_connection(bind: Engine | AsyncEngine, work: Callable[[Connection], T]) -> T:
+    """Run ``work(connection)`` on a new connection of ``bind``: through
+    ``run_sync`` on an async engine, in a worker thread on a sync one."""
+    if isinstance(bind, AsyncEngine):
+        engine = bind
+    elif bind.dialect.is_async:
+        engine = AsyncEngine(bind)
+    else:
+        return await anyio.to_thread.run_sync(_run_sync_engine, bind, work)
+    async with engine.connect() as conn:
+        return await conn.run_sync(work)
+
+
+def _run_sync_engine(bind: Engine, work: Callable[[Connection], T]) -> T:
+    with bind.connect() as conn:
+        return work(conn)
+
+
+def is_lock_error(exc: BaseException) -> bool:
+    """Whether ``exc`` says a lock could not be had in time."""
+    orig = getattr(exc, "orig", exc)
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if code == _LOCK_NOT_AVAILABLE:
+        return True
+    text = str(orig).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+@contextmanager
+def win_transaction(conn: Connection, lock_wait: timedelta | None) -> Iterator[None]:
+    """A transaction that may win rows (see the module docstring).
+
+    :param lock_wait: the longest wait for a lock (PostgreSQL ``lock_timeout``,
+        SQLite busy timeout); ``None`` keeps the connection's own setting.
+    :raises LockUnavailableError: if the wait ran out; the transaction rolled back.
+    :raises ConfigurationError: for a database other than PostgreSQL and SQLite.
+    """
+    dialect = conn.dialect.name
+    millis = None if lock_wait is None else max(1, int(lock_wait.total_seconds() * 1000))
+    try:
+        if dialect == "postgresql":
+            conn.execution_options(isolation_level="READ COMMITTED")
+            with conn.begin():
+                if millis is not None:
+                    conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{millis}ms'")
+                yield
+        elif dialect == "sqlite":
+            with conn.begin():
+                previous = conn.exec_driver_sql("PRAGMA busy_timeout").scalar()
+                if millis is not None:
+                    conn.exec_driver_sql(f"PRAGMA busy_timeout = {millis}")
+                try:
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock, before any read
+                    yield
+                finally:
+                    conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(previous or 0)}")
+        else:
+            raise ConfigurationError(
+                f"the object ledger supports PostgreSQL and SQLite, not {dialect!r}"
+            )
+    except DBAPIError as exc:
+        if is_lock_error(exc):
+            raise LockUnavailableError(str(exc.orig)) from exc
+        raise
+
+
+def _take(
+    conn: Connection, table: Table, where: list[Any], *, limit: int | None, stamp: datetime
+) -> dict[str, int | None]:
+    """Move the rows matching ``where`` that no transaction holds to ``deleting``.
+
+    PostgreSQL: the rows are chosen and locked once, in a materialized CTE
+    (``IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)`` may be re-run per row
+    and take more than ``n``). SQLite: the statement runs under the write lock.
+    """
+    chosen = select(table.c.location).where(*where).order_by(table.c.updated_at)
+    if limit is not None:
+        chosen = chosen.limit(limit)
+    values = {"state": LedgerState.DELETING.value, "updated_at": stamp}
+    if conn.dialect.name == "postgresql":
+        locked = chosen.with_for_update(skip_locked=True).cte("chosen").prefix_with("MATERIALIZED")
+        statement = update(table).where(table.c.location == locked.c.location)
+    else:
+        statement = update(table).where(table.c.location.in_(chosen), *where)
+    statement = statement.values(values).returning(table.c.location, table.c.size)
+    return {row.location: row.size for row in conn.execute(statement)}
+
+
+def _keep_referenced(
+    conn: Connection, table: Table, metadata: MetaData, won: Won, stamp: datetime
+) -> None:
+    """Send the won locations that a row references back to ``live``."""
+    referenced: set[str] = set()
+    for statement in referenced_locations_statements(metadata, sorted(won.deleting)):
+        referenced.update(conn.execute(statement).scalars())
+    for batch in _batches(sorted(referenced)):
+        conn.execute(
+            update(table)
+            .where(table.c.location.in_(batch))
+            .values(state=LedgerState.LIVE.value, updated_at=stamp)
+        )
+    for location in referenced:
+        won.deleting.pop(location, None)
+    won.referenced.extend(sorted(referenced))
+
+
+def win_candidates(
+    conn: Connection,
+    table: Table,
+    metadata: MetaData,
+    *,
+    storage_key: str,
+    backend: str,
+    cutoff: datetime,
+    stamp: datetime,
+    limit: int,
+    lock_wait: timedelta | None,
+) -> Won:
+    """Win up to ``limit`` candidate rows of one policy: ``intent``,
+    ``released`` or ``deleting`` rows last changed before ``cutoff``.
+
+    ``stamp`` (the run's start, at or after ``cutoff``) becomes their
+    ``updated_at``, so one run never takes the same row twice.
+
+    :raises LockUnavailableError: if the lock could not be had in time.
+    """
+    where = [
+        table.c.storage_key == storage_key,
+        table.c.backend == backend,
+        table.c.state.in_([state.value for state in CANDIDATE_STATES]),
+        table.c.updated_at < cutoff,
+    ]
+    won = Won()
+    with win_transaction(conn, lock_wait):
+        won.deleting = _take(conn, table, where, limit=limit, stamp=stamp)
+        _keep_referenced(conn, table, metadata, won, stamp)
+    return won
+
+
+def win_locations(
+    conn: Connection,
+    table: Table,
+    metadata: MetaData,
+    *,
+    locations: Mapping[str, tuple[str, str]],
+    stamp: datetime,
+    lock_wait: timedelta | None,
+) -> Won:
+    """Win given locations, whatever their state: ``locations`` maps each to
+    ``(storage_key, backend)``, used to insert a ``deleting`` row for the
+    ones the ledger does not know (objects written before it, or outside it).
+
+    :raises LockUnavailableError: if the lock could not be had in time.
+    """
+    wanted = sorted(locations)
+    won = Won()
+    with win_transaction(conn, lock_wait):
+        for batch in _batches(wanted):
+            won.deleting.update(
+                _take(conn, table, [table.c.location.in_(batch)], limit=None, stamp=stamp)
+            )
+        rest = [location for location in wanted if location not in won.deleting]
+        present: set[str] = set()
+        for batch in _batches(rest):
+            query = select(table.c.location).where(table.c.location.in_(batch))
+            present.update(conn.execute(query).scalars())
+        won.skipped = [location for location in rest if location in present]
+        absent = {loc: locations[loc] for loc in rest if loc not in present}
+        if absent:
+            inserted, busy = _insert_absent(conn, table, absent, stamp)
+            won.deleting.update(dict.fromkeys(inserted))
+            won.skipped.extend(busy)
+        _keep_referenced(conn, table, metadata, won, stamp)
+    return won
+
+
+def _insert_absent(
+    conn: Connection, table: Table, rows: Mapping[str, tuple[str, str]], stamp: datetime
+) -> tuple[list[str], list[str]]:
+    """Insert ``deleting`` rows; returns (inserted, held by another transaction)."""
+    values = [
+        {
+            "location": location,
+            "storage_key": key,
+            "backend": backend,
+            "size": None,
+            "checksum": None,
+            "created_at": stamp,
+            "updated_at": stamp,
+            "state": LedgerState.DELETING.value,
+        }
+        for location, (key, backend) in rows.items()
+    ]
+    insert = _insert_ignoring_conflicts(conn, table)
+    try:
+        with conn.begin_nested():
+            got = set(conn.execute(insert.values(values)).scalars())
+        return [loc for loc in rows if loc in got], [loc for loc in rows if loc not in got]
+    except DBAPIError as exc:
+        if not is_lock_error(exc):
+            raise
+    # An in-flight transaction inserts one of them: find which, one at a time.
+    inserted: list[str] = []
+    busy: list[str] = []
+    for location, value in zip(rows, values, strict=True):
+        try:
+            with conn.begin_nested():
+                one = conn.execute(insert.values(value)).scalars().all()
+        except DBAPIError as exc:
+            if not is_lock_error(exc):
+                raise
+            one = []
+        (inserted if one else busy).append(location)
+    return inserted, busy
+
+
+def _insert_ignoring_conflicts(conn: Connection, table: Table) -> Any:
+    name = conn.dialect.name
+    if name == "postgresql":
+        pg = postgresql.insert(table).on_conflict_do_nothing(index_elements=[table.c.location])
+        return pg.returning(table.c.location)
+    if name == "sqlite":
+        lite = sqlite.insert(table).on_conflict_do_nothing(index_elements=[table.c.location])
+        return lite.returning(table.c.location)
+    raise ConfigurationError(f"the object ledger supports PostgreSQL and SQLite, not {name!r}")
+
+
+def forget(conn: Connection, table: Table, locations: Sequence[str]) -> None:
+    """Delete the rows of objects that were deleted (only rows in ``deleting``)."""
+    with conn.begin():
+        for batch in _batches(sorted(locations)):
+            conn.execute(
+                delete(table).where(
+                    table.c.location.in_(batch), table.c.state == LedgerState.DELETING.value
+                )
+            )
+
+
+def count_candidates(
+    conn: Connection, table: Table, *, storage_key: str, backend: str, cutoff: datetime
+) -> tuple[int, int]:
+    """``(old enough, too young)`` candidate rows of one policy, without locking."""
+    old = table.c.updated_at < cutoff
+    query = select(func.count().filter(old), func.count().filter(~old)).where(
+        table.c.storage_key == storage_key,
+        table.c.backend == backend,
+        table.c.state.in_([state.value for state in CANDIDATE_STATES]),
+    )
+    with conn.begin():
+        row = conn.execute(query).one()
+    return int(row[0]), int(row[1])
+
+
+def sample_candidates(
+    conn: Connection, table: Table, *, storage_key: str, backend: str, cutoff: datetime, limit: int
+) -> list[str]:
+    """The locations of the first ``limit`` old-enough candidates (a dry run's sample)."""
+    query = (
+        select(table.c.location)
+        .where(
+            table.c.storage_key == storage_key,
+            table.c.backend == backend,
+            table.c.state.in_([state.value for state in CANDIDATE_STATES]),
+            table.c.updated_at < cutoff,
+        )
+        .order_by(table.c.updated_at)
+        .limit(limit)
+    )
+    with conn.begin():
+        return list(conn.execute(query).scalars())
+
+
+def _batches(items: Sequence[str]) -> list[Sequence[str]]:
+    return [items[i : i + _IN_BATCH] for i in range(0, len(items), _IN_BATCH)]

@@ -1,0 +1,265 @@
+"""LedgerGarbageCollector: listing-free collections and the listing audit."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import MetaData, insert, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from granite_storage import StoredObjectRef
+from granite_storage.backends.memory import MemoryStorageBackend
+from granite_storage.errors import BackendError, ConfigurationError
+from granite_storage.integrations.sqlalchemy import drain_pending_deletions
+from tests.integrations.ledger_support import (
+    MIN_AGE,
+    TABLE,
+    Copy,
+    CountingBackend,
+    Doc,
+    LedgerEnv,
+    amake_env,
+)
+
+OLD = MIN_AGE * 10
+
+
+@pytest.fixture
+async def lenv(db_engine: AsyncEngine) -> AsyncIterator[LedgerEnv]:
+    env = await amake_env(db_engine)
+    env.backend = CountingBackend(env.backend)
+    env.configure(ledger=env.ledger)
+    yield env
+    await env.adrain()
+
+
+async def _orphan_intent(env: LedgerEnv, content: bytes = b"crash") -> StoredObjectRef:
+    """What a process killed between its upload and its commit leaves: an
+    intent row and an object."""
+    location = env.manager.new_location(
+        storage_key="docs", model_name="ledger_doc", entity_id=uuid.uuid4(), field_name="file"
+    )
+    await env.ledger.arecord_intent(
+        env.engine, location=location, storage_key="docs", backend=env.backend.backend_name
+    )
+    return await env.manager.aput_stream(
+        storage_key="docs", model_name="ledger_doc", entity_id="x", field_name="file",
+        stream=content, location=location,
+    )  # fmt: skip
+
+
+def _counting(env: LedgerEnv) -> CountingBackend:
+    assert isinstance(env.backend, CountingBackend)
+    return env.backend
+
+
+async def test_a_crash_orphan_is_deleted_without_listing(lenv: LedgerEnv) -> None:
+    orphan = await _orphan_intent(lenv)
+    _, kept = await lenv.acommitted_doc()
+    lenv.clock.advance(OLD)
+    report = await lenv.collector().acollect(storage_key="docs", dry_run=False)
+    assert (report.scanned, report.eligible, report.deleted, report.failed) == (1, 1, 1, 0)
+    assert report.bytes_freed == 0  # unknown: recorded by the transaction that never committed
+    assert await lenv.alocations() == {kept.location}
+    assert await lenv.arows() == {kept.location: "live"}
+    calls = _counting(lenv).calls
+    assert calls["list"] == 1  # alocations() above; the collection listed nothing
+    assert _counting(lenv).deleted == [orphan.location]
+
+
+async def test_young_candidates_are_kept(lenv: LedgerEnv) -> None:
+    orphan = await _orphan_intent(lenv)
+    report = await lenv.collector().acollect(storage_key="docs", dry_run=False)
+    assert (report.scanned, report.skipped_too_young, report.deleted) == (1, 1, 0)
+    assert report.orphaned == 1
+    assert await lenv.arows() == {orphan.location: "intent"}
+
+
+async def test_released_objects_are_collected_and_referenced_ones_kept(lenv: LedgerEnv) -> None:
+    doc_id, first = await lenv.acommitted_doc(b"first")
+    other_id, copied = await lenv.acommitted_doc(b"copied")
+    async with lenv.session() as session:
+        for key in (doc_id, other_id):
+            doc = await session.get(Doc, key)
+            assert doc is not None
+            doc.clear_content_reference()
+        await session.commit()
+    async with lenv.engine.begin() as conn:  # a copy written with Core: no flush, no ledger
+        await conn.execute(insert(Copy).values(id=1, ref=copied))
+    assert await lenv.arows() == {first.location: "released", copied.location: "released"}
+    lenv.clock.advance(OLD)
+    report = await lenv.collector().acollect(storage_key="docs", dry_run=False)
+    assert (report.deleted, report.referenced, report.skipped_in_use) == (1, 1, 1)
+    assert report.eligible == report.deleted + report.failed + report.skipped_in_use
+    assert await lenv.alocations() == {copied.location}
+    assert await lenv.arows() == {copied.location: "live"}
+
+
+async def test_a_half_finished_run_is_finished(lenv: LedgerEnv) -> None:
+    orphan = await _orphan_intent(lenv)
+    async with lenv.engine.begin() as conn:  # won, then the collector died
+        await conn.execute(update(TABLE).values(state="deleting"))
+    lenv.clock.advance(OLD)
+    report = await lenv.collector().acollect(storage_key="docs", dry_run=False)
+    assert report.deleted == 1
+    assert await lenv.alocations() == set()
+    assert await lenv.arows() == {}
+    assert orphan.location in _counting(lenv).deleted
+
+
+async def test_a_dry_run_reports_and_changes_nothing(lenv: LedgerEnv) -> None:
+    orphans = {(await _orphan_intent(lenv)).location for _ in range(3)}
+    lenv.clock.advance(OLD)
+    report = await lenv.collector().acollect(storage_key="docs")
+    assert report.dry_run
+    assert (report.scanned, report.eligible, report.deleted) == (3, 3, 0)
+    assert set(report.orphan_sample) == orphans
+    assert await lenv.alocations() == orphans
+    assert set((await lenv.arows()).values()) == {"intent"}
+
+
+async def test_max_deletions_stops_the_run(lenv: LedgerEnv) -> None:
+    for _ in range(3):
+        await _orphan_intent(lenv)
+    lenv.clock.advance(OLD)
+    report = await lenv.collector(max_deletions=2, batch_size=1).acollect(
+        storage_key="docs", dry_run=False
+    )
+    assert (report.deleted, report.stopped_early) == (2, True)
+    assert len(await lenv.alocations()) == 1
+
+
+async def test_a_row_outside_the_policy_prefix_is_never_deleted(lenv: LedgerEnv) -> None:
+    stamp = lenv.ledger.now()
+    async with lenv.engine.begin() as conn:
+        await conn.execute(
+            insert(TABLE).values(
+                location="elsewhere/x", storage_key="docs", backend="memory",
+                created_at=stamp, updated_at=stamp, state="intent",
+            )
+        )  # fmt: skip
+    lenv.clock.advance(OLD)
+    report = await lenv.collector().acollect(storage_key="docs", dry_run=False)
+    assert (report.deleted, report.failed) == (0, 1)
+    assert "outside the policy's key prefix" in report.failures[0][1]
+    assert _counting(lenv).deleted == []
+    assert await lenv.arows() == {"elsewhere/x": "deleting"}
+
+
+@pytest.mark.parametrize("db_engine", ["sqlite"], indirect=True)
+async def test_on_sqlite_an_open_write_transaction_makes_the_collector_wait_its_turn(
+    lenv: LedgerEnv,
+) -> None:
+    orphan = await _orphan_intent(lenv)
+    lenv.clock.advance(OLD)
+    async with lenv.session() as session:
+        session.add(Doc())
+        await session.flush()  # this transaction now holds SQLite's write lock
+        report = await lenv.collector().acollect(storage_key="docs", dry_run=False)
+        assert (report.deleted, report.skipped_in_use) == (0, 1)
+        await session.commit()
+    report = await lenv.collector().acollect(storage_key="docs", dry_run=False)
+    assert report.deleted == 1
+    assert orphan.location not in await lenv.alocations()
+
+
+# --------------------------------------------------------------------------- the audit
+
+
+async def test_the_audit_deletes_objects_the_ledger_never_knew(lenv: LedgerEnv) -> None:
+    _, kept = await lenv.acommitted_doc()
+    foreign = await lenv.manager.aput_bytes(
+        storage_key="docs", model_name="x", entity_id=1, field_name="f", content=b"foreign"
+    )
+    legacy = await lenv.manager.aput_bytes(
+        storage_key="docs", model_name="x", entity_id=2, field_name="f", content=b"legacy"
+    )
+    async with lenv.engine.begin() as conn:  # referenced, but from before the ledger
+        await conn.execute(insert(Copy).values(id=1, ref=legacy))
+    lenv.clock.advance(OLD)
+    collector = lenv.collector()
+    report = await collector.aaudit(storage_key="docs", dry_run=False)
+    assert (report.scanned, report.orphaned, report.deleted) == (3, 1, 1)
+    assert await lenv.alocations() == {kept.location, legacy.location}
+    assert foreign.location not in await lenv.arows()
+
+
+async def test_the_audit_skips_an_upload_whose_transaction_is_open(lenv: LedgerEnv) -> None:
+    lenv.clock.advance(OLD)  # every object looks old to the collector
+    async with lenv.session() as session:
+        doc = Doc(id=uuid.uuid4())
+        session.add(doc)
+        ref = await doc.aset_content(b"in flight")
+        collector = lenv.collector(clock=lambda: lenv.clock() + OLD)
+        if lenv.dialect == "sqlite":
+            await session.flush()  # the claim's lock is the database's write lock
+        report = await collector.aaudit(storage_key="docs", dry_run=False)
+        assert (report.orphaned, report.deleted, report.skipped_in_use) == (1, 0, 1)
+        assert "in use" in str(report)
+        await session.commit()
+        await drain_pending_deletions(session)
+    async with lenv.session() as session:
+        doc = await session.get(Doc, doc.id)
+        assert doc is not None
+        assert await doc.aget_content() == b"in flight"
+    assert (await lenv.arows())[ref.location] == "live"
+
+
+async def test_an_audit_dry_run_deletes_nothing(lenv: LedgerEnv) -> None:
+    await lenv.manager.aput_bytes(
+        storage_key="docs", model_name="x", entity_id=1, field_name="f", content=b"foreign"
+    )
+    lenv.clock.advance(OLD)
+    report = await lenv.collector().aaudit(storage_key="docs")
+    assert (report.eligible, report.deleted, len(report.orphan_sample)) == (1, 0, 1)
+    assert len(await lenv.alocations()) == 1
+
+
+def test_collector_arguments_are_checked() -> None:
+    from granite_storage import StorageManager
+    from granite_storage.integrations.sqlalchemy import ObjectLedger
+    from granite_storage.ledger_gc import LedgerGarbageCollector
+    from tests.integrations.ledger_support import LedgerBase
+
+    manager = StorageManager(backends={"m": MemoryStorageBackend()}, policies={})
+    ledger = ObjectLedger(LedgerBase.metadata)
+    common = {"reference_metadata": LedgerBase.metadata}
+    with pytest.raises(ValueError, match="min_age"):
+        LedgerGarbageCollector(manager, ledger, None, min_age=-timedelta(1), **common)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="batch_size"):
+        LedgerGarbageCollector(manager, ledger, None, batch_size=0, **common)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"Base\.metadata"):
+        LedgerGarbageCollector(manager, ledger, None, reference_metadata=MetaData())  # type: ignore[arg-type]
+
+
+class _FlakyBackend(MemoryStorageBackend):
+    """Deletes fail while ``broken`` is set, like a network outage."""
+
+    broken = True
+
+    async def _adelete(self, location: str) -> None:
+        if self.broken:
+            raise BackendError(f"simulated outage deleting {location!r}")
+        await super()._adelete(location)
+
+
+async def test_a_failed_deletion_stays_deleting_and_the_next_run_finishes_it(
+    db_engine: AsyncEngine,
+) -> None:
+    backend = _FlakyBackend()
+    env = await amake_env(db_engine, backend)
+    orphan = await _orphan_intent(env)
+    env.clock.advance(OLD)
+    report = await env.collector().acollect(storage_key="docs", dry_run=False)
+    assert (report.deleted, report.failed) == (0, 1)
+    assert "simulated outage" in report.failures[0][1]
+    assert await env.arows() == {orphan.location: "deleting"}  # nobody can claim it now
+    backend.broken = False
+    env.clock.advance(OLD)
+    report = await env.collector().acollect(storage_key="docs", dry_run=False)
+    assert (report.deleted, report.failed) == (1, 0)
+    assert await env.arows() == {}
+    assert await env.alocations() == set()
