@@ -72,7 +72,8 @@ def bench(session: nox.Session) -> None:
 def reliability(session: nox.Session) -> None:
     """Fault-injection and crash-safety tests in tests/reliability, in their full form
     (500-upload soaks, a long S3 fault campaign, more crash points and hypothesis
-    examples). ``GRANITE_STORAGE_RELIABILITY=short nox -s reliability`` runs the short
+    examples), plus the object ledger's one-minute concurrency run.
+    ``GRANITE_STORAGE_RELIABILITY=short nox -s reliability`` runs the short
     form every pytest run includes; ``GRANITE_STORAGE_RELIABILITY_SEED=N`` replays a run."""
     session.install(*DEV)
     mode = os.environ.get("GRANITE_STORAGE_RELIABILITY", "full")
@@ -81,6 +82,8 @@ def reliability(session: nox.Session) -> None:
         "-m",
         "pytest",
         "tests/reliability",
+        # the object ledger's collector against 32 writers for a minute
+        "tests/integrations/test_ledger_concurrency.py",
         *session.posargs,
         env={"GRANITE_STORAGE_RELIABILITY": mode},
     )
