@@ -1,0 +1,234 @@
+"""Timing and peak-memory measurement of workloads, each run in a fresh child process.
+
+A *workload* is a function ``workload(timer, **kwargs)`` (sync or async) in a
+``benchmarks`` module. It prepares what it needs, wraps the part to measure in
+``with timer:``, cleans up, and may return extra figures as a dict of floats.
+:func:`run_child` runs it once in a new interpreter started with
+``python -m benchmarks._child``; :meth:`benchmarks._context.Context.compare`
+repeats that for several workloads, interleaved, into :class:`Samples`.
+
+Memory is the growth of the child's peak RSS over the measured region: the
+kernel's peak counter (``VmHWM``) is reset just before the region by writing
+``5`` to ``/proc/self/clear_refs``, so what the setup allocated and freed does
+not count. Where that is impossible, ``ru_maxrss`` gives an approximation.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+__all__ = [
+    "MIB",
+    "ChildError",
+    "ChildResult",
+    "Samples",
+    "Timer",
+    "cpu_seconds",
+    "peak_rss",
+    "reset_peak_rss",
+    "rss",
+    "run_child",
+]
+
+MIB = 1024 * 1024
+#: The prefix of the one stdout line a child uses to report its result.
+RESULT_MARKER = "@@granite-bench-result@@"
+#: The directory that holds the ``benchmarks`` package (the project root).
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- memory of a process (this one or another, by pid) -----------------------
+
+
+def _status_kib(field_name: str, pid: int | str = "self") -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def rss(pid: int | str = "self") -> int:
+    """The resident set size of process ``pid`` in bytes (0 if unknown)."""
+    kib = _status_kib("VmRSS", pid)
+    return (kib or 0) * 1024
+
+
+def peak_rss(pid: int | str = "self") -> int:
+    """The peak resident set size of process ``pid`` in bytes since its
+    start or the last :func:`reset_peak_rss`."""
+    kib = _status_kib("VmHWM", pid)
+    if kib is not None:
+        return kib * 1024
+    if pid == "self":  # no /proc: ru_maxrss is in KiB on Linux, bytes on macOS
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return maxrss if sys.platform == "darwin" else maxrss * 1024
+    return 0
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User plus system CPU time of process ``pid`` (all its threads) so far."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def reset_peak_rss(pid: int | str = "self") -> bool:
+    """Reset the kernel's peak-RSS counter of ``pid`` to its current RSS.
+
+    Returns whether that worked (Linux 4.0+, and permission on ``pid``).
+    """
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        return False
+    return True
+
+
+# -- the child side ------------------------------------------------------------
+
+
+class Timer:
+    """The one measured region of a workload: ``with timer: ...``.
+
+    On entry it collects garbage, resets the peak-RSS counter and starts the
+    clock; on exit it records :attr:`seconds` and :attr:`rss_growth` (bytes the
+    peak RSS rose above the RSS at entry).
+
+    :raises RuntimeError: if a workload enters it twice.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: float | None = None
+        self.rss_growth: int | None = None
+        #: False when the peak counter could not be reset: the growth is then
+        #: measured against the process's earlier peak and may be too low.
+        self.exact_memory = True
+        self._entered = False
+        self._start = 0.0
+        self._baseline = 0
+
+    def __enter__(self) -> Timer:
+        if self._entered:
+            raise RuntimeError("a workload measures exactly one region; the timer was reused")
+        self._entered = True
+        gc.collect()
+        self.exact_memory = reset_peak_rss()
+        self._baseline = rss() if self.exact_memory else max(rss(), peak_rss())
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.seconds = time.perf_counter() - self._start
+        self.rss_growth = max(0, peak_rss() - self._baseline)
+
+
+# -- the parent side -----------------------------------------------------------
+
+
+class ChildError(RuntimeError):
+    """A child process failed; the message holds the end of its stderr."""
+
+
+@dataclass(frozen=True)
+class ChildResult:
+    """What one run of a workload measured."""
+
+    seconds: float
+    rss_growth: int
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Samples:
+    """The results of several runs of one workload."""
+
+    results: list[ChildResult]
+
+    @property
+    def seconds(self) -> float:
+        """The median duration of the measured region."""
+        return statistics.median(r.seconds for r in self.results)
+
+    @property
+    def rss_growth(self) -> int:
+        """The largest peak-RSS growth of all runs (memory is judged by the worst run)."""
+        return max(r.rss_growth for r in self.results)
+
+    def extra(self, name: str) -> float:
+        """The median of an extra figure the workload returned.
+
+        :raises KeyError: if a run did not return ``name``.
+        """
+        return statistics.median(r.extra[name] for r in self.results)
+
+
+def run_child(
+    target: str,
+    kwargs: Mapping[str, Any],
+    *,
+    legacy_path: Path | None = None,
+    timeout: float = 900.0,
+) -> ChildResult:
+    """Run ``target`` (``"benchmarks.module:function"``) once in a new interpreter.
+
+    :param legacy_path: a directory holding granite-storage 0.1.0's
+        ``granite_storage`` package, put first on the child's ``sys.path``.
+    :raises ChildError: if the child fails, times out or reports nothing.
+    """
+    request = {
+        "target": target,
+        "kwargs": dict(kwargs),
+        "legacy_path": str(legacy_path) if legacy_path else None,
+    }
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
+    )
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-m", "benchmarks._child"],
+            input=json.dumps(request),
+            capture_output=True,
+            text=True,
+            cwd=PROJECT_ROOT,
+            env=env,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ChildError(f"{target} did not finish within {timeout:.0f} s") from exc
+    for line in reversed(completed.stdout.splitlines()):
+        if line.startswith(RESULT_MARKER):
+            data = json.loads(line[len(RESULT_MARKER) :])
+            return ChildResult(
+                seconds=float(data["seconds"]),
+                rss_growth=int(data["rss_growth"]),
+                extra={k: float(v) for k, v in (data.get("extra") or {}).items()},
+            )
+    tail = "\n".join(completed.stderr.strip().splitlines()[-15:])
+    raise ChildError(f"{target} failed (exit code {completed.returncode}):\n{tail}")

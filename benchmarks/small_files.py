@@ -1,0 +1,161 @@
+"""Many small uploads at once: files per second at a fixed concurrency.
+
+All three implementations write the same layout granite_storage uses
+(``bench/document/{i}/file/{uuid}.bin``, one entity per upload), so each
+upload creates its directories, a temporary file and a rename.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from benchmarks._context import Context, Job, empty_dir, per_second
+from benchmarks._data import random_block
+from benchmarks._harness import Timer
+from benchmarks._report import Row, Target
+from benchmarks._setups import STORAGE_KEY, granite_local_manager, legacy_local_manager
+
+__all__ = ["run"]
+
+_PUT: dict[str, Any] = {"storage_key": STORAGE_KEY, "model_name": "document", "field_name": "file"}
+
+
+async def _run_workers(concurrency: int, count: int, upload: Any) -> None:
+    """``concurrency`` tasks that call ``await upload(i)`` until ``count`` are done."""
+    indexes = iter(range(count))
+
+    async def worker() -> None:
+        for index in indexes:
+            await upload(index)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+def _check_count(root: str, expected: int) -> None:
+    found = sum(len(files) for _, _, files in os.walk(os.path.join(root, "bench")))
+    if found != expected:
+        raise RuntimeError(f"expected {expected} stored files, found {found}")
+
+
+async def granite_small(
+    timer: Timer, *, root: str, count: int, size: int, concurrency: int, fsync: bool
+) -> None:
+    manager = granite_local_manager(root, fsync=fsync)
+    payload = random_block(size)
+    await manager.aput_bytes(**_PUT, entity_id="warm-up", content=payload)
+
+    async def upload(index: int) -> None:
+        await manager.aput_bytes(
+            **_PUT, entity_id=index, content=payload, original_filename="f.bin"
+        )
+
+    with timer:
+        await _run_workers(concurrency, count, upload)
+    _check_count(root, count + 1)
+
+
+async def legacy_small(
+    timer: Timer, *, root: str, count: int, size: int, concurrency: int, fsync: bool
+) -> None:
+    """0.1.0's sync ``put_bytes`` in worker threads, the way an async app calls it."""
+    import anyio.to_thread
+
+    manager = legacy_local_manager(root)
+    payload = random_block(size)
+    manager.put_bytes(**_PUT, entity_id="warm-up", content=payload)
+
+    def put(index: int) -> Any:
+        return manager.put_bytes(
+            **_PUT, entity_id=index, content=payload, original_filename="f.bin"
+        )
+
+    async def upload(index: int) -> None:
+        await anyio.to_thread.run_sync(put, index)
+
+    with timer:
+        await _run_workers(concurrency, count, upload)
+    found = sum(len(files) for _, _, files in os.walk(os.path.join(root, "bench")))
+    if found != count + 1:
+        raise RuntimeError(f"expected {count + 1} stored files, found {found}")
+
+
+def raw_small(
+    timer: Timer, *, root: str, count: int, size: int, concurrency: int, fsync: bool
+) -> None:
+    """The same file operations as granite_storage's local backend, from plain
+    threads: hash, temporary file, write, (fsync), directories, rename, (fsync dir)."""
+    payload = random_block(size)
+    temp_dir = os.path.join(root, ".tmp")
+    os.makedirs(temp_dir, exist_ok=True)
+
+    def put(index: int) -> str:
+        checksum = hashlib.sha256(payload).hexdigest()
+        temp = os.path.join(temp_dir, f"{uuid.uuid4().hex}.part")
+        with open(temp, "xb", buffering=0) as file:
+            file.write(payload)
+            if fsync:
+                os.fsync(file.fileno())
+        parent = os.path.join(root, "bench", "document", str(index), "file")
+        os.makedirs(parent, exist_ok=True)
+        os.replace(temp, os.path.join(parent, f"{uuid.uuid4().hex}.bin"))
+        if fsync:
+            fd = os.open(parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return checksum
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        pool.submit(put, -1).result()  # warm-up, as for the others
+        with timer:
+            list(pool.map(put, range(count)))
+    _check_count(root, count + 1)
+
+
+def run(ctx: Context) -> list[Row]:
+    sizes = ctx.sizes
+    n, kib, conc = sizes.small_count, sizes.small_kib, sizes.small_concurrency
+    scenario = f"{n:,} x {kib} KiB uploads at concurrency {conc}"
+    root = ctx.scratch("small") / "root"
+    mod = "benchmarks.small_files"
+    rows = []
+    for fsync in (False, True):
+        kwargs = {"root": str(root), "count": n, "size": kib * 1024, "concurrency": conc,
+                  "fsync": fsync}  # fmt: skip
+        jobs = {
+            "granite": Job(f"{mod}:granite_small", kwargs),
+            "raw": Job(f"{mod}:raw_small", kwargs),
+        }
+        if not fsync:
+            jobs["0.1.0"] = Job(f"{mod}:legacy_small", kwargs, legacy=True)
+        out = ctx.compare(jobs, before_each=empty_dir(root))
+        rate = per_second(n)
+        raw_label = f"raw file ops, {conc} threads" + (" +fsync" if fsync else "")
+        old = out.get("0.1.0")
+        targets = [Target(">= 0.9x raw", 0.9, against=raw_label)]
+        if not fsync:
+            targets.insert(0, Target(">= 1.2x 0.1.0", 1.2, against="granite-storage 0.1.0"))
+        rows.append(
+            Row(
+                f"{scenario} (fsync={fsync})",
+                "files per second",
+                "files/s",
+                True,
+                out["granite"].figure("granite_storage", rate),
+                [out["raw"].figure(raw_label, rate, short="raw")],
+                ctx.legacy_figure(old, rate) if old else None,
+                targets,
+                note=(
+                    "0.1.0 put_bytes via anyio.to_thread.run_sync (it never fsyncs)"
+                    if not fsync
+                    else "LocalStorageBackend's default; raw fsyncs file and directory too"
+                ),
+            )
+        )
+    return rows
