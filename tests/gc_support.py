@@ -9,6 +9,7 @@ without sleeping, and backends that fail on purpose.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -59,10 +60,11 @@ class FailingLocalBackend(LocalStorageBackend):
         super().__init__(root_dir, fsync=False)
         self.fail_on: set[str] = set()
 
-    async def _adelete(self, location: str) -> None:
+    def _delete(self, location: str) -> None:
+        # The primitive both single and batch deletes run in a worker thread.
         if location in self.fail_on:
-            raise BackendError(f"simulated failure deleting {location!r}")
-        await super()._adelete(location)
+            raise OSError(errno.EIO, f"simulated failure deleting {location!r}")
+        super()._delete(location)
 
 
 @dataclass
@@ -201,8 +203,9 @@ CLI_ROOT_ENV = "GC_TEST_ROOT"
 class UndeletableLocalBackend(LocalStorageBackend):
     """Every delete fails, like a read-only mount."""
 
-    async def _adelete(self, location: str) -> None:
-        raise BackendError(f"simulated: permission denied deleting {location!r}")
+    def _delete(self, location: str) -> None:
+        # The primitive both single and batch deletes run in a worker thread.
+        raise PermissionError(errno.EACCES, f"simulated: permission denied deleting {location!r}")
 
 
 @asynccontextmanager

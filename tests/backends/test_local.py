@@ -185,3 +185,27 @@ async def test_writes_cannot_follow_a_symlinked_directory(tmp_path: Path, size: 
         await put_stream(manager, b"x" * size)
     assert await anyio.to_thread.run_sync(files_under, outside) == []
     assert await anyio.to_thread.run_sync(files_under, root / TEMP_DIR_NAME) == []
+
+
+async def test_delete_many_in_batches_reports_unsafe_locations(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    manager = make_manager(root)
+    backend = manager.backends["local"]
+    refs = [
+        await manager.aput_bytes(
+            storage_key="docs", model_name="m", entity_id=i, field_name="f", content=b"x"
+        )
+        for i in range(600)  # more than two batches
+    ]
+    await anyio.Path(outside / "f").mkdir(parents=True)
+    await anyio.Path(outside / "f" / "secret").write_bytes(b"keep")
+    await anyio.Path(root / "docs" / "link").symlink_to(outside)
+    result = await backend.adelete_many(
+        [r.location for r in refs] + ["docs/link/f/secret", "../escape"]
+    )
+    assert sorted(result.deleted) == sorted(r.location for r in refs)
+    assert set(result.failed) == {"docs/link/f/secret", "../escape"}
+    assert "InvalidLocationError" in result.failed["docs/link/f/secret"]
+    assert await anyio.Path(outside / "f" / "secret").read_bytes() == b"keep"
+    assert await anyio.to_thread.run_sync(files_under, root / "docs") == []
+    assert [p.name async for p in anyio.Path(root / "docs").iterdir()] == ["link"]
