@@ -15,6 +15,7 @@ __all__ = [
     "GarbageCollectionProgress",
     "GarbageCollectionReport",
     "Phase",
+    "cap_reason",
 ]
 
 #: How many ``(location, reason)`` pairs a report keeps; ``failed`` counts them all.
@@ -205,3 +206,8 @@ def _human_duration(delta: timedelta) -> str:
         if seconds % size == 0:
             return f"{seconds // size} {unit}"
     return f"{seconds} s"
+
+
+def cap_reason(cap: int) -> str:
+    """The report's ``stop_reason`` when a run stopped at its deletion cap."""
+    return f"reached max_deletions={cap}; more orphans remain"

@@ -20,6 +20,7 @@ from granite_storage._gc_report import (
     GarbageCollectionProgress,
     GarbageCollectionReport,
     Phase,
+    cap_reason,
 )
 from granite_storage.contracts import BatchDeleteResult, ObjectInfo, StorageBackend
 from granite_storage.locations import is_under_prefix
@@ -203,7 +204,7 @@ class CollectionRun:
         if not too_young and cap is not None and report.eligible >= cap:
             report.scanned -= 1  # not counted: the run stops before this object
             report.stopped_early = True
-            report.stop_reason = f"reached max_deletions={cap}; more orphans remain"
+            report.stop_reason = cap_reason(cap)
             return False
         report.orphaned += 1
         if too_young:

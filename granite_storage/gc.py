@@ -62,6 +62,8 @@ __all__ = [
     "ReferenceSource",
     "StorageGarbageCollector",
     "UnsafeCollectionError",
+    "check_max_deletions",
+    "check_min_age",
     "check_separable",
 ]
 
@@ -118,8 +120,8 @@ class StorageGarbageCollector:
         progress_every: int = 10_000,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
-        _check_min_age(min_age)
-        _check_cap(max_deletions)
+        check_min_age(min_age)
+        check_max_deletions(max_deletions)
         for name, value in (
             ("batch_size", batch_size),
             ("delete_concurrency", delete_concurrency),
@@ -186,8 +188,8 @@ class StorageGarbageCollector:
             policy=policy,
             backend=backend,
             dry_run=dry_run,
-            min_age=_check_min_age(min_age),
-            max_deletions=_check_cap(max_deletions),
+            min_age=check_min_age(min_age),
+            max_deletions=check_max_deletions(max_deletions),
         )
         report = await run.arun()
         logger.info("%s", report)
@@ -229,7 +231,8 @@ def _prefixes_overlap(a: str | None, b: str | None) -> bool:
     return a == b or is_under_prefix(a, b) or is_under_prefix(b, a)
 
 
-def _check_min_age(min_age: timedelta) -> timedelta:
+def check_min_age(min_age: timedelta) -> timedelta:
+    """``min_age`` if it is a non-negative ``timedelta``; else TypeError or ValueError."""
     if not isinstance(min_age, timedelta):
         raise TypeError(f"min_age must be a datetime.timedelta, got {type(min_age).__name__}")
     if min_age < timedelta(0):
@@ -237,7 +240,8 @@ def _check_min_age(min_age: timedelta) -> timedelta:
     return min_age
 
 
-def _check_cap(max_deletions: int | None) -> int | None:
+def check_max_deletions(max_deletions: int | None) -> int | None:
+    """``max_deletions`` if it is ``None`` or non-negative; else ValueError."""
     if max_deletions is not None and max_deletions < 0:
         raise ValueError(f"max_deletions must not be negative, got {max_deletions}")
     return max_deletions

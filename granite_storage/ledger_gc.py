@@ -33,11 +33,16 @@ from sqlalchemy import Connection, Engine, MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from granite_storage._gc_refs import ReferenceSource
-from granite_storage._gc_report import ORPHAN_SAMPLE_SIZE, GarbageCollectionReport
+from granite_storage._gc_report import ORPHAN_SAMPLE_SIZE, GarbageCollectionReport, cap_reason
 from granite_storage._gc_run import CollectionRun, RunOptions
 from granite_storage.contracts import BatchDeleteResult, StorageBackend
 from granite_storage.errors import ConfigurationError
-from granite_storage.gc import DEFAULT_MIN_AGE, check_separable
+from granite_storage.gc import (
+    DEFAULT_MIN_AGE,
+    check_max_deletions,
+    check_min_age,
+    check_separable,
+)
 from granite_storage.integrations.sqlalchemy._ledger_schema import as_utc
 from granite_storage.integrations.sqlalchemy._ledger_sweep import (
     LockUnavailableError,
@@ -113,8 +118,8 @@ class LedgerGarbageCollector:
         self.ledger = ledger
         self.bind = bind
         self.reference_metadata = reference_metadata
-        self.min_age = _check_min_age(min_age)
-        self.max_deletions = _check_cap(max_deletions)
+        self.min_age = check_min_age(min_age)
+        self.max_deletions = check_max_deletions(max_deletions)
         self.batch_size = batch_size
         self.cleanup_leftovers = cleanup_leftovers
         self.clock = clock or (lambda: datetime.now(UTC))
@@ -146,7 +151,7 @@ class LedgerGarbageCollector:
         policy = self.manager.get_policy(storage_key)
         backend = self.manager.get_backend_for_policy(policy)
         report, now = self._new_report(policy, dry_run, min_age)
-        cap = _check_cap(self.max_deletions if max_deletions is None else max_deletions)
+        cap = check_max_deletions(self.max_deletions if max_deletions is None else max_deletions)
         started = time.monotonic()
         cutoff = now - report.min_age
         table, name = self.ledger.table, backend.backend_name
@@ -160,7 +165,7 @@ class LedgerGarbageCollector:
         if dry_run:
             report.eligible = old if cap is None else min(old, cap)
             if cap is not None and old > cap:
-                report.stopped_early, report.stop_reason = True, _cap_reason(cap)
+                report.stopped_early, report.stop_reason = True, cap_reason(cap)
             report.orphan_sample = await arun_on_connection(
                 self.bind,
                 lambda c: sample_candidates(
@@ -212,7 +217,7 @@ class LedgerGarbageCollector:
             if cap is not None:
                 limit = min(limit, cap - report.deleted - report.failed)
                 if limit <= 0:
-                    report.stopped_early, report.stop_reason = True, _cap_reason(cap)
+                    report.stopped_early, report.stop_reason = True, cap_reason(cap)
                     break
             try:
                 won = await arun_on_connection(self.bind, functools.partial(win, limit=limit))
@@ -315,7 +320,7 @@ class LedgerGarbageCollector:
                 await arun_on_connection(bind, lambda c: forget(c, table, result.deleted))
             return result
 
-        cap = _check_cap(self.max_deletions if max_deletions is None else max_deletions)
+        cap = check_max_deletions(self.max_deletions if max_deletions is None else max_deletions)
         run = CollectionRun(
             RunOptions(
                 iter_references=source,
@@ -344,7 +349,7 @@ class LedgerGarbageCollector:
         self, policy: StoragePolicy, dry_run: bool, min_age: timedelta | None
     ) -> tuple[GarbageCollectionReport, datetime]:
         """A report with the run's grace period and cutoff, and the run's start."""
-        grace = _check_min_age(self.min_age if min_age is None else min_age)
+        grace = check_min_age(self.min_age if min_age is None else min_age)
         now = as_utc(self.clock())
         report = GarbageCollectionReport(
             storage_key=policy.storage_key,
@@ -354,21 +359,3 @@ class LedgerGarbageCollector:
             cutoff=now - grace,
         )
         return report, now
-
-
-def _cap_reason(cap: int) -> str:
-    return f"reached max_deletions={cap}; more orphans remain"
-
-
-def _check_min_age(min_age: timedelta) -> timedelta:
-    if not isinstance(min_age, timedelta):
-        raise TypeError(f"min_age must be a datetime.timedelta, got {type(min_age).__name__}")
-    if min_age < timedelta(0):
-        raise ValueError(f"min_age must not be negative, got {min_age}")
-    return min_age
-
-
-def _check_cap(max_deletions: int | None) -> int | None:
-    if max_deletions is not None and max_deletions < 0:
-        raise ValueError(f"max_deletions must not be negative, got {max_deletions}")
-    return max_deletions
