@@ -3,29 +3,26 @@
 One aiobotocore client per backend, opened on first use and closed by
 :meth:`S3StorageBackend.aclose`. Uploads stream through
 :mod:`granite_storage.backends._s3_multipart`; every botocore and aiohttp
-error is translated here, at one edge (:func:`_s3_errors`), with the
+error is translated here, at one edge (:func:`~granite_storage.backends._s3_io.s3_errors`), with the
 original exception kept as ``__cause__``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
 
 try:
     import aioboto3
-    import aiohttp
     from botocore.config import Config
     from botocore.exceptions import (
         BotoCoreError,
         ClientError,
-        NoCredentialsError,
-        PartialCredentialsError,
     )
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
@@ -33,6 +30,14 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "pip install 'granite-storage[s3]'"
     ) from exc
 
+from granite_storage.backends._s3_io import (
+    S3Reader,
+    as_utc,
+    error_code,
+    is_not_found,
+    is_valid_location,
+    s3_errors,
+)
 from granite_storage.backends._s3_multipart import (
     MAX_PART_SIZE,
     MIN_PART_SIZE,
@@ -50,7 +55,6 @@ from granite_storage.contracts import (
     StorageBackend,
 )
 from granite_storage.errors import (
-    BackendError,
     ConfigurationError,
     InvalidLocationError,
     ObjectNotFoundError,
@@ -68,94 +72,7 @@ _MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # SigV4's limit
 _RESERVED_PUT_KWARGS = frozenset(
     {"Bucket", "Key", "Body", "ChecksumAlgorithm", "ChecksumSHA256", "ContentLength", "ContentMD5"}
 )
-_NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _HEADER_SAFE = re.compile(r"[\x20-\x7e]+")
-_ACCESS_CODES = frozenset(
-    {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
-)
-
-
-def _error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def _is_not_found(exc: ClientError) -> bool:
-    return _error_code(exc) in _NOT_FOUND_CODES
-
-
-@contextmanager
-def _s3_errors(action: str, bucket: str, location: str | None = None) -> Iterator[None]:
-    """The one edge where botocore and aiohttp errors become granite_storage errors."""
-    what = f"{location!r} in bucket {bucket!r}" if location is not None else f"bucket {bucket!r}"
-    try:
-        yield
-    except ClientError as exc:
-        code = _error_code(exc)
-        message = exc.response.get("Error", {}).get("Message") or str(exc)
-        if code in _NOT_FOUND_CODES and location is not None:
-            raise ObjectNotFoundError(f"no object at {location!r}", location=location) from exc
-        if code == "NoSuchBucket":
-            raise ConfigurationError(
-                f"S3 bucket {bucket!r} does not exist; create it, or check bucket= and the "
-                "endpoint_url/region_name in client_kwargs"
-            ) from exc
-        hint = ""
-        if code in _ACCESS_CODES:
-            hint = "; check the credentials and the bucket policy"
-        raise BackendError(f"S3 could not {action} {what}: {code}: {message}{hint}") from exc
-    except (NoCredentialsError, PartialCredentialsError) as exc:
-        raise ConfigurationError(
-            f"no usable AWS credentials to {action} {what}: set AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY, or pass a configured aioboto3.Session as session="
-        ) from exc
-    except (BotoCoreError, aiohttp.ClientError) as exc:
-        raise BackendError(f"S3 could not {action} {what}: {exc}") from exc
-
-
-def _utc(value: datetime) -> datetime:
-    """``value`` as an aware UTC datetime (naive values are taken as UTC)."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
-
-
-def _is_valid_location(location: str) -> bool:
-    try:
-        validate_location(location)
-    except InvalidLocationError:
-        return False
-    return True
-
-
-class _S3Reader(ObjectReader):
-    """Streams a GetObject body; releases the connection when closed."""
-
-    def __init__(
-        self,
-        body: Any,
-        *,
-        size: int | None,
-        expected: StoredObjectRef | None,
-        bucket: str,
-        location: str,
-    ) -> None:
-        super().__init__(size=size, expected=expected)
-        self._body = body
-        self._bucket = bucket
-        self._location = location
-
-    async def _read_chunk(self, max_bytes: int) -> bytes:
-        with _s3_errors("read", self._bucket, self._location):
-            chunk: bytes = await self._body.read(max_bytes)
-        return chunk
-
-    async def aclose(self) -> None:
-        # aiohttp's release() returns a fully read connection to the pool and
-        # closes one that still has unread bytes.
-        release = getattr(self._body, "release", None) or self._body.close
-        result = release()
-        if hasattr(result, "__await__"):
-            await result
 
 
 class S3StorageBackend(StorageBackend):
@@ -377,7 +294,7 @@ class S3StorageBackend(StorageBackend):
             self.bucket, self._key(location), put_kwargs, self.checksum_validation
         )
         client = await self.aget_client()
-        with _s3_errors("upload", self.bucket, location):
+        with s3_errors("upload", self.bucket, location):
             return await upload_stream(
                 client,
                 target,
@@ -407,16 +324,16 @@ class S3StorageBackend(StorageBackend):
         if start or end is not None:
             kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
         response: Any = None
-        with _s3_errors("read", self.bucket, location):
+        with s3_errors("read", self.bucket, location):
             try:
                 response = await client.get_object(**kwargs)
             except ClientError as exc:
-                if _error_code(exc) != "InvalidRange":
+                if error_code(exc) != "InvalidRange":
                     raise
         if response is None:  # the range starts at or after the end of the object
             yield BytesReader(b"")
             return
-        reader = _S3Reader(
+        reader = S3Reader(
             response["Body"],
             size=response.get("ContentLength"),
             expected=expected,
@@ -428,16 +345,16 @@ class S3StorageBackend(StorageBackend):
 
     async def _adelete(self, location: str) -> None:
         client = await self.aget_client()
-        with _s3_errors("delete", self.bucket, location):
+        with s3_errors("delete", self.bucket, location):
             await client.delete_object(Bucket=self.bucket, Key=self._key(location))
 
     async def _aexists(self, location: str) -> bool:
         client = await self.aget_client()
-        with _s3_errors("check", self.bucket, location):
+        with s3_errors("check", self.bucket, location):
             try:
                 await client.head_object(Bucket=self.bucket, Key=self._key(location))
             except ClientError as exc:
-                if _is_not_found(exc):
+                if is_not_found(exc):
                     return False
                 raise
         return True
@@ -458,12 +375,12 @@ class S3StorageBackend(StorageBackend):
         strip = len(self.prefix) + 1 if self.prefix else 0
         client = await self.aget_client()
         paginator = client.get_paginator("list_objects_v2")
-        with _s3_errors("list", self.bucket, prefix):
+        with s3_errors("list", self.bucket, prefix):
             async for page in paginator.paginate(Bucket=self.bucket, Prefix=list_prefix):
                 for item in page.get("Contents", ()):
                     location = item["Key"][strip:]
-                    if _is_valid_location(location):
-                        yield ObjectInfo(location, int(item["Size"]), _utc(item["LastModified"]))
+                    if is_valid_location(location):
+                        yield ObjectInfo(location, int(item["Size"]), as_utc(item["LastModified"]))
 
     async def adelete_many(self, locations: Sequence[str]) -> BatchDeleteResult:
         """Delete ``locations`` with DeleteObjects, ``delete_batch_size`` keys a
@@ -493,7 +410,7 @@ class S3StorageBackend(StorageBackend):
             async with limiter:
                 try:
                     client = await self.aget_client()
-                    with _s3_errors(f"delete {len(batch)} objects from", self.bucket):
+                    with s3_errors(f"delete {len(batch)} objects from", self.bucket):
                         response = await client.delete_objects(
                             Bucket=self.bucket,
                             Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True},
@@ -528,12 +445,12 @@ class S3StorageBackend(StorageBackend):
         :raises BackendError: if listing or aborting fails.
         """
         client = await self.aget_client()
-        with _s3_errors("clean up incomplete uploads in", self.bucket):
+        with s3_errors("clean up incomplete uploads in", self.bucket):
             return await acleanup_multipart_uploads(
                 client,
                 bucket=self.bucket,
                 prefix=f"{self.prefix}/" if self.prefix else "",
-                older_than=_utc(older_than),
+                older_than=as_utc(older_than),
                 dry_run=dry_run,
             )
 
@@ -558,7 +475,7 @@ class S3StorageBackend(StorageBackend):
         if content_disposition:
             params["ResponseContentDisposition"] = content_disposition
         client = await self.aget_client()
-        with _s3_errors("presign a download of", self.bucket, location):
+        with s3_errors("presign a download of", self.bucket, location):
             url: str = await client.generate_presigned_url(
                 "get_object", Params=params, ExpiresIn=expires_in
             )
@@ -591,7 +508,7 @@ class S3StorageBackend(StorageBackend):
         if max_size is not None:
             conditions.append(["content-length-range", 0, max_size])
         client = await self.aget_client()
-        with _s3_errors("presign an upload to", self.bucket, location):
+        with s3_errors("presign an upload to", self.bucket, location):
             post = await client.generate_presigned_post(
                 self.bucket,
                 self._key(location),
