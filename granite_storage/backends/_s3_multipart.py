@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 from botocore.exceptions import ClientError
 
@@ -221,9 +222,14 @@ class _MultipartUpload:
         create_kwargs = dict(self._target.put_kwargs)
         if self._target.checksums:
             create_kwargs["ChecksumAlgorithm"] = "SHA256"
-        response = await self._client.create_multipart_upload(**create_kwargs)
+        # Shielded: cancelled while this request is in flight, the upload could
+        # exist on the server without us ever learning its id to abort it. The
+        # cancellation is delivered at the first checkpoint inside the try.
+        with anyio.CancelScope(shield=True):
+            response = await self._client.create_multipart_upload(**create_kwargs)
         upload_id: str = response["UploadId"]
         try:
+            await anyio.lowlevel.checkpoint()
             await self._aupload_parts(upload_id, first, parts)
             await self._acomplete(upload_id)
         except BaseException as exc:

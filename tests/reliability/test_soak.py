@@ -195,8 +195,12 @@ async def soak(
                     await run_chains(port, state)
                 finally:
                     stop.set()
-        # The server has stopped: nothing is written any more.
-        await check_afterwards(manager, engine, gc, state, gc_reports, figures, leftovers_of)
+        # The server has stopped: nothing is written any more. The final
+        # collection also removes incomplete uploads, on S3 too.
+        final_gc = StorageGarbageCollector(
+            manager, lambda: iter_model_storage_refs(engine, Document, "file_ref")
+        )
+        await check_afterwards(manager, engine, final_gc, state, gc_reports, figures, leftovers_of)
     if state.problems or figures.lost or figures.leftovers:
         tail = (await anyio.Path(log).read_text())[-3000:]
         figures.notes.append(f"server log tail: {tail!r}")
