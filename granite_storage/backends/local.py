@@ -125,12 +125,12 @@ class LocalStorageBackend(StorageBackend):
         if self.fsync:
             os.fsync(file.fileno())
         file.close()
-        target = os.path.join(self._root(), location)
-        parent = os.path.dirname(target)
         for _ in range(5):  # a concurrent delete may prune the new parent in between
-            self._make_parents(location)
+            parent = self._parent_dir(location, create=True)
+            if parent is None:
+                continue
             try:
-                os.replace(temp, target)
+                os.replace(temp, os.path.join(parent, location.rsplit("/", 1)[-1]))
                 break
             except FileNotFoundError:
                 if not os.path.exists(temp):
@@ -144,30 +144,42 @@ class LocalStorageBackend(StorageBackend):
             finally:
                 os.close(dir_fd)
 
-    def _make_parents(self, location: str) -> None:
-        """Create the directories of ``location`` below the root, refusing any
-        that is a symlink: no write can be redirected outside the root.
+    def _parent_dir(self, location: str, *, create: bool) -> str | None:
+        """The directory of ``location``, walked level by level below the root
+        with ``mkdir`` (when ``create``) and ``lstat``: cheaper than
+        ``makedirs`` plus a ``realpath`` of the whole path, and less time
+        holding the GIL in worker threads. ``None`` if a level is missing (or,
+        without ``create``, is not a directory).
 
-        One ``mkdir`` per level in the common case, instead of ``makedirs``
-        plus a ``realpath`` of the whole path: cheaper, and less time holding
-        the GIL in worker threads.
+        :raises InvalidLocationError: if a level is a symlink: no write or
+            delete can be redirected outside the root.
+        :raises BackendError: with ``create``, if a level is not a directory.
         """
         path = self._root()
         for segment in location.split("/")[:-1]:
             path = os.path.join(path, segment)
+            if create:
+                try:
+                    os.mkdir(path)
+                    continue
+                except FileExistsError:
+                    pass
             try:
-                os.mkdir(path)
-            except FileExistsError:
                 mode = os.lstat(path).st_mode
-                if stat.S_ISLNK(mode):
-                    raise InvalidLocationError(
-                        f"location {location!r} leads outside the storage root (through a "
-                        f"symlink at {segment!r})"
-                    ) from None
-                if not stat.S_ISDIR(mode):
+            except FileNotFoundError:
+                return None
+            if stat.S_ISLNK(mode):
+                raise InvalidLocationError(
+                    f"location {location!r} leads outside the storage root (through a "
+                    f"symlink at {segment!r})"
+                )
+            if not stat.S_ISDIR(mode):
+                if create:
                     raise BackendError(
                         f"cannot store {location!r}: {segment!r} exists and is not a directory"
-                    ) from None
+                    )
+                return None
+        return path
 
     def _put_whole(self, data: bytes, location: str) -> PutResult:
         """Store an object that is already in memory, in the calling thread."""
@@ -200,30 +212,8 @@ class LocalStorageBackend(StorageBackend):
             raise
         return file, max(stop - start, 0)
 
-    def _existing_parent(self, location: str) -> str | None:
-        """The directory of ``location``, checked level by level with
-        ``lstat`` (cheaper than ``realpath``); ``None`` if a level is missing.
-
-        :raises InvalidLocationError: if a level is a symlink.
-        """
-        path = self._root()
-        for segment in location.split("/")[:-1]:
-            path = os.path.join(path, segment)
-            try:
-                mode = os.lstat(path).st_mode
-            except FileNotFoundError:
-                return None
-            if stat.S_ISLNK(mode):
-                raise InvalidLocationError(
-                    f"location {location!r} leads outside the storage root (through a "
-                    f"symlink at {segment!r})"
-                )
-            if not stat.S_ISDIR(mode):
-                return None
-        return path
-
     def _delete(self, location: str) -> None:
-        parent = self._existing_parent(location)
+        parent = self._parent_dir(location, create=False)
         if parent is None:
             return
         try:
