@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import logging
-from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -89,8 +89,9 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
         yield exc
 
 
-def _sha256_b64(data: bytes) -> str:
-    return base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
+def _sha256_b64(part: io.BytesIO) -> str:
+    with part.getbuffer() as data:
+        return base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
 
 
 def _digest_b64(digest: Sha256Digest) -> str:
@@ -102,51 +103,65 @@ class PartSplitter:
     """Cut a stream of chunks into parts of exactly ``part_size`` bytes (the
     last one may be shorter), updating ``digest`` with every chunk read.
 
-    At most one part plus one chunk is buffered.
+    Each part is an :class:`io.BytesIO` that owns its buffer, filled as the
+    chunks arrive: botocore sends such a body as it is, while a ``bytes`` body
+    would be wrapped in a ``BytesIO`` that shares it, and aiohttp's
+    ``getbuffer()`` on that wrapper copies the whole part once more. At most
+    one part plus the rest of one chunk is buffered.
     """
 
     def __init__(self, chunks: AsyncIterator[bytes], part_size: int, digest: Sha256Digest) -> None:
         self._chunks = chunks
         self._part_size = part_size
         self._digest = digest
-        self._pending: deque[bytes | memoryview] = deque()
-        self._buffered = 0
+        # What the last chunk held past the end of the previous part.
+        self._carry: bytes | memoryview | None = None
+        # A part read ahead by fits_in_one_part().
+        self._ready: io.BytesIO | None = None
         self._exhausted = False
 
-    async def _fill(self, target: int) -> None:
-        while self._buffered < target and not self._exhausted:
+    async def _anext_chunk(self) -> bytes | memoryview | None:
+        if self._carry is not None:
+            chunk, self._carry = self._carry, None
+            return chunk
+        while not self._exhausted:
             try:
                 chunk = await anext(self._chunks)
             except StopAsyncIteration:
                 self._exhausted = True
-                return
+                break
             if chunk:
                 await self._digest.aupdate(chunk)
-                self._pending.append(chunk)
-                self._buffered += len(chunk)
+                return chunk
+        return None
+
+    async def fits_in_one_part(self) -> bool:
+        """Whether the whole stream fits in one part. Reads that part ahead:
+        :meth:`read_part` returns it next."""
+        self._ready = await self.read_part()
+        return await self.at_end()
 
     async def at_end(self) -> bool:
         """Whether the stream has no bytes left (reads one chunk ahead if needed)."""
-        await self._fill(1)
-        return self._buffered == 0
+        self._carry = await self._anext_chunk()
+        return self._carry is None
 
-    async def read_part(self) -> bytes:
-        """The next part: ``part_size`` bytes, fewer only at the end of the stream."""
-        await self._fill(self._part_size)
-        pieces: list[bytes | memoryview] = []
-        need = self._part_size
-        while need and self._pending:
-            head = self._pending[0]
-            if len(head) <= need:
-                pieces.append(self._pending.popleft())
-                need -= len(head)
-            else:  # a chunk larger than what is missing: split it without copying the rest
-                view = memoryview(head)
-                pieces.append(view[:need])
-                self._pending[0] = view[need:]
-                need = 0
-        part = b"".join(pieces)
-        self._buffered -= len(part)
+    async def read_part(self) -> io.BytesIO:
+        """The next part, positioned at its start: ``part_size`` bytes, fewer
+        only at the end of the stream."""
+        if self._ready is not None:
+            part, self._ready = self._ready, None
+            return part
+        part = io.BytesIO()
+        while (room := self._part_size - part.tell()) > 0:
+            chunk = await self._anext_chunk()
+            if chunk is None:
+                break
+            if len(chunk) > room:  # split without copying what stays for the next part
+                view = memoryview(chunk)
+                chunk, self._carry = view[:room], view[room:]
+            part.write(chunk)
+        part.seek(0)
         return part
 
 
@@ -172,16 +187,17 @@ async def upload_stream(
     """
     digest = Sha256Digest()
     parts = PartSplitter(chunks, part_size, digest)
-    first = await parts.read_part()
-    if await parts.at_end():
-        await _put_object(client, target, first, digest)
+    if await parts.fits_in_one_part():
+        await _put_object(client, target, await parts.read_part(), digest)
     else:
         upload = _MultipartUpload(client, target, max_concurrency, part_size)
-        await upload.arun(first, parts)
+        await upload.arun(parts)
     return PutResult(size=digest.size, checksum=digest.checksum)
 
 
-async def _put_object(client: Any, target: UploadTarget, body: bytes, digest: Sha256Digest) -> None:
+async def _put_object(
+    client: Any, target: UploadTarget, body: io.BytesIO, digest: Sha256Digest
+) -> None:
     kwargs = {**target.put_kwargs, "Body": body}
     if target.checksums:
         # ``body`` is the whole stream, so the stream's digest is its checksum.
@@ -218,7 +234,7 @@ class _MultipartUpload:
         self._uploaded: list[dict[str, Any]] = []
         self._completing = False
 
-    async def arun(self, first: bytes, parts: PartSplitter) -> None:
+    async def arun(self, parts: PartSplitter) -> None:
         create_kwargs = dict(self._target.put_kwargs)
         if self._target.checksums:
             create_kwargs["ChecksumAlgorithm"] = "SHA256"
@@ -230,7 +246,7 @@ class _MultipartUpload:
         upload_id: str = response["UploadId"]
         try:
             await anyio.lowlevel.checkpoint()
-            await self._aupload_parts(upload_id, first, parts)
+            await self._aupload_parts(upload_id, parts)
             await self._acomplete(upload_id)
         except BaseException as exc:
             # A ClientError from CompleteMultipartUpload means it was refused;
@@ -240,17 +256,19 @@ class _MultipartUpload:
             await self._aabort(upload_id, delete_object=outcome_unknown)
             raise
 
-    async def _aupload_parts(self, upload_id: str, first: bytes, parts: PartSplitter) -> None:
+    async def _aupload_parts(self, upload_id: str, parts: PartSplitter) -> None:
         error: BaseException
         try:
             async with anyio.create_task_group() as tg:
-                part, number = first, 1
+                number = 0
                 while True:
+                    part = await parts.read_part()
+                    number += 1
                     # Wait for a free slot while holding one part: at most
                     # max_concurrency parts in flight plus the one just read.
                     await self._slots.acquire()
                     tg.start_soon(self._aupload_part, upload_id, number, part)
-                    part = b""
+                    del part  # the task holds the only reference: freed once sent
                     if await parts.at_end():
                         break
                     if number == MAX_PARTS:
@@ -259,15 +277,13 @@ class _MultipartUpload:
                             "bytes, S3's limit for one upload; create the backend with a "
                             "larger part_size"
                         )
-                    part = await parts.read_part()
-                    number += 1
         except BaseExceptionGroup as group:
             error = first_error(group)
         else:
             return
         raise error  # outside the except block: no group chained as context
 
-    async def _aupload_part(self, upload_id: str, number: int, body: bytes) -> None:
+    async def _aupload_part(self, upload_id: str, number: int, body: io.BytesIO) -> None:
         try:
             kwargs: dict[str, Any] = {
                 "Bucket": self._target.bucket,

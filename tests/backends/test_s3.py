@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import os
+import tracemalloc
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,6 +40,7 @@ from granite_storage.backends import _s3_multipart
 from granite_storage.backends.s3 import S3StorageBackend
 from granite_storage.errors import BackendError, ConfigurationError, InvalidLocationError
 from granite_storage.http import content_disposition
+from granite_storage.streams import Sha256Digest
 from tests.backends.conftest import S3_TEST_PART_SIZE, open_s3_backend
 from tests.services import free_port
 
@@ -228,7 +230,7 @@ async def test_parts_are_bounded_and_go_up_concurrently(
         nonlocal in_flight, peak
         in_flight += 1
         peak = max(peak, in_flight)
-        with params["body"].getbuffer() as body:  # botocore wraps the part in a BytesIO
+        with params["body"].getbuffer() as body:  # each part is a BytesIO
             sizes.append(body.nbytes)
         if in_flight == 2:
             two_in_flight.set()
@@ -252,6 +254,61 @@ async def test_parts_are_bounded_and_go_up_concurrently(
         assert await backend.aget(ref_for("docs/four-parts.bin", data)) == data
     assert peak == 2
     assert sorted(sizes) == [1, PART, PART, PART]
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, 10, 25])
+@pytest.mark.parametrize("length", [0, 1, 9, 10, 11, 49, 50])
+async def test_part_splitter_cuts_exact_parts_from_any_chunking(
+    chunk_size: int, length: int
+) -> None:
+    data = bytes(range(256))[:length] if length <= 256 else os.urandom(length)
+    digest = Sha256Digest()
+    splitter = _s3_multipart.PartSplitter(chunks_of(data, chunk_size), 10, digest)
+    assert await splitter.fits_in_one_part() is (length <= 10)
+    parts = []
+    while True:
+        part = await splitter.read_part()
+        assert part.tell() == 0  # ready to send
+        parts.append(part.getvalue())
+        if await splitter.at_end():
+            break
+    assert b"".join(parts) == data
+    assert [len(p) for p in parts[:-1]] == [10] * (len(parts) - 1)
+    assert 0 < len(parts[-1]) <= 10 or length == 0
+    assert (digest.size, digest.checksum) == (length, ref_for("x", data).checksum)
+
+
+async def test_upload_memory_is_bounded_by_the_parts_in_flight(
+    s3_endpoint_url: str, s3_bucket: str, aioboto3_session: Any
+) -> None:
+    """An 8-part upload with 2 parts in flight holds at most 3 parts (2 sent,
+    1 being read) plus a chunk. One copy per part in flight, as aiohttp's
+    ``getbuffer()`` made of a ``bytes`` part wrapped by botocore, would add 2
+    parts; memory growing with the object would add 5."""
+    concurrency, chunks = 2, 8 * PART // MiB
+    expected = hashlib.sha256()
+    for index in range(chunks):
+        expected.update(bytes([index]) * MiB)
+
+    async def generated() -> AsyncIterator[bytes]:  # nothing held but the current chunk
+        for index in range(chunks):
+            yield bytes([index]) * MiB
+
+    async with open_s3_backend(
+        s3_endpoint_url, s3_bucket, session=aioboto3_session, max_concurrency=concurrency
+    ) as backend:
+        await backend.aput_stream(key="docs/warm-up.bin", chunks=chunks_of(b"w"))
+        tracemalloc.start()
+        try:
+            result = await backend.aput_stream(key="docs/eight-parts.bin", chunks=generated())
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert result.checksum == f"sha256:{expected.hexdigest()}"
+    # + the chunk in hand, botocore's 1 MiB reads to sign the body on http://,
+    # and the HTTP buffers.
+    bound = PART * (concurrency + 1) + 4 * MiB
+    assert peak <= bound, f"traced peak {peak / MiB:.1f} MiB, bound {bound / MiB:.1f} MiB"
 
 
 async def test_oversized_stream_through_manager_leaves_nothing(
