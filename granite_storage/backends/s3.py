@@ -243,7 +243,7 @@ class S3StorageBackend(StorageBackend):
             return self._client
         async with self._client_lock:
             if self._client is None:
-                session = self._session if self._session is not None else aioboto3.Session()
+                session = await anyio.to_thread.run_sync(_preload_botocore, self._session)
                 kwargs = {**self._client_kwargs, "config": self._client_config()}
                 stack = AsyncExitStack()
                 try:
@@ -522,6 +522,30 @@ class S3StorageBackend(StorageBackend):
             location=location,
             fields={str(name): str(value) for name, value in post["fields"].items()},
         )
+
+
+def _preload_botocore(session: aioboto3.Session | None) -> aioboto3.Session:
+    """Return ``session`` (a new one if None) with the files botocore reads to
+    create and use an S3 client already loaded; runs in a worker thread.
+
+    aiobotocore reads and parses them synchronously inside the async client
+    creation, which held the event loop for about 110 ms; afterwards the
+    creation finds them in the loader's cache. Building a session reads the
+    AWS config files, and aioboto3 imports its S3 helpers (and boto3's
+    transfer module) on the first client: both happen here too.
+    """
+    import aioboto3.s3.inject  # noqa: F401 - imported by the first client creation
+
+    session = session if session is not None else aioboto3.Session()
+    core = getattr(session, "_session", None)  # the botocore session; absent on look-alikes
+    if core is None:
+        return session
+    loader = core.get_component("data_loader")
+    for name in ("endpoints", "partitions", "sdk-default-configuration", "_retry"):
+        loader.load_data(name)
+    for type_name in ("service-2", "endpoint-rule-set-1", "paginators-1"):
+        loader.load_service_model("s3", type_name)
+    return session
 
 
 def _check_expiry(expires_in: int) -> None:

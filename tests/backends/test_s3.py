@@ -707,6 +707,33 @@ class _SlowToOpen:
         return await self.context.__aexit__(*exc_info)
 
 
+async def test_client_creation_loads_botocore_models_off_the_event_loop(
+    s3_endpoint_url: str, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """botocore parses its JSON models (about 110 ms for S3) inside the async
+    client creation; the backend loads them in a worker thread first."""
+    import threading
+
+    import aioboto3
+    from botocore.loaders import JSONFileLoader
+
+    loaded_on_loop: list[str] = []
+    load_file = JSONFileLoader.load_file
+
+    def recording_load_file(self: JSONFileLoader, file_path: str) -> Any:
+        data = load_file(self, file_path)
+        if data is not None and threading.current_thread() is threading.main_thread():
+            loaded_on_loop.append(os.path.basename(file_path))
+        return data
+
+    monkeypatch.setattr(JSONFileLoader, "load_file", recording_load_file)
+    fresh = await anyio.to_thread.run_sync(aioboto3.Session)  # nothing loaded yet
+    async with open_s3_backend(s3_endpoint_url, s3_bucket, session=fresh) as backend:
+        await backend.aput_stream(key="docs/a.bin", chunks=chunks_of(b"a"))
+        assert [info.location async for info in backend.aiter_objects("docs")] == ["docs/a.bin"]
+    assert loaded_on_loop == []
+
+
 async def test_one_lazy_client_reopened_after_aclose(
     s3_endpoint_url: str, s3_bucket: str, aioboto3_session: Any
 ) -> None:
