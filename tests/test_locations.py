@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import warnings
 
 import pytest
 from hypothesis import given
@@ -15,6 +17,7 @@ from granite_storage.locations import (
     is_under_prefix,
     safe_suffix,
     sanitize_segment,
+    unique_name,
     validate_location,
     validate_prefix,
 )
@@ -113,6 +116,35 @@ def test_location_layout() -> None:
     assert re.fullmatch(r"docs/Document/42/file/[0-9a-f]{32}\.pdf", location)
     bare = build_location(key_prefix=None, model_name="m", entity_id="e", field_name="f")
     assert re.fullmatch(r"m/e/f/[0-9a-f]{32}", bare)
+
+
+def test_unique_names_are_128_random_bits_never_repeated() -> None:
+    names = [unique_name() for _ in range(5000)]  # spans many fetches of random bytes
+    assert all(re.fullmatch(r"[0-9a-f]{32}", name) for name in names)
+    assert len(set(names)) == len(names)
+    # Every bit varies (uuid4 fixes six of them): no nibble is constant.
+    assert all(len({name[i] for name in names}) == 16 for i in range(32))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX-only")
+def test_a_forked_child_does_not_reuse_its_parents_names() -> None:
+    unique_name()  # the parent now holds names it has not handed out
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads running
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.write(write_end, "".join(unique_name() for _ in range(4)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child = pipe.read().decode()
+    os.waitpid(pid, 0)
+    parent = "".join(unique_name() for _ in range(4))
+    assert len(child) == len(parent) == 128
+    assert child != parent
 
 
 @pytest.mark.parametrize(

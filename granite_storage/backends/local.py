@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import stat
-import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from datetime import UTC, datetime
@@ -35,7 +34,7 @@ from granite_storage.errors import (
     ObjectNotFoundError,
     StorageError,
 )
-from granite_storage.locations import validate_location, validate_prefix
+from granite_storage.locations import unique_name, validate_location, validate_prefix
 from granite_storage.refs import StoredObjectRef
 from granite_storage.streams import Sha256Digest
 
@@ -118,7 +117,7 @@ class LocalStorageBackend(StorageBackend):
         return real
 
     def _open_temp(self) -> tuple[BinaryIO, str]:
-        path = os.path.join(self._root(), TEMP_DIR_NAME, f"{uuid.uuid4().hex}.part")
+        path = os.path.join(self._root(), TEMP_DIR_NAME, f"{unique_name()}.part")
         return open(path, "xb", buffering=0), path
 
     def _commit(self, file: BinaryIO, temp: str, location: str) -> None:
@@ -146,7 +145,7 @@ class LocalStorageBackend(StorageBackend):
 
     def _parent_dir(self, location: str, *, create: bool) -> str | None:
         """The directory of ``location``, walked level by level below the root
-        with ``mkdir`` (when ``create``) and ``lstat``: cheaper than
+        with ``lstat`` and, for a missing level when ``create``, ``mkdir``: cheaper than
         ``makedirs`` plus a ``realpath`` of the whole path, and less time
         holding the GIL in worker threads. ``None`` if a level is missing (or,
         without ``create``, is not a directory).
@@ -158,16 +157,22 @@ class LocalStorageBackend(StorageBackend):
         path = self._root()
         for segment in location.split("/")[:-1]:
             path = os.path.join(path, segment)
-            if create:
-                try:
-                    os.mkdir(path)
-                    continue
-                except FileExistsError:
-                    pass
+            # lstat first: mkdir of an existing directory still takes its
+            # parent's lock, which concurrent writes would queue on.
             try:
                 mode = os.lstat(path).st_mode
             except FileNotFoundError:
-                return None
+                if not create:
+                    return None
+                try:
+                    os.mkdir(path)
+                    continue
+                except FileExistsError:  # made meanwhile by a concurrent write
+                    pass
+                try:
+                    mode = os.lstat(path).st_mode
+                except FileNotFoundError:  # ... and pruned again by a delete
+                    return None
             if stat.S_ISLNK(mode):
                 raise InvalidLocationError(
                     f"location {location!r} leads outside the storage root (through a "

@@ -534,7 +534,7 @@ def _preload_botocore(session: aioboto3.Session | None) -> aioboto3.Session:
     AWS config files, and aioboto3 imports its S3 helpers (and boto3's
     transfer module) on the first client: both happen here too.
     """
-    import aioboto3.s3.inject  # noqa: F401 - imported by the first client creation
+    import aioboto3.s3.inject  # imported by the first client creation
 
     session = session if session is not None else aioboto3.Session()
     core = getattr(session, "_session", None)  # the botocore session; absent on look-alikes
