@@ -257,6 +257,9 @@ async def check_afterwards(
         f"and removed {final.leftovers_removed}"
     )
     assert final.failed == 0, final.failures
+    # The server stopped gracefully: every failed, cancelled or oversized
+    # upload had to clean up after itself, leaving nothing for the collector.
+    assert found.leftovers_removed == 0, "incomplete uploads were left behind"
     backend = manager.get_backend_for_policy(manager.get_policy("documents"))
     listed = {location async for location in backend.aiter_locations()}
     referenced = {ref.location for ref in refs.values() if ref is not None}
