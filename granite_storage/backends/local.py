@@ -255,6 +255,7 @@ class LocalStorageBackend(StorageBackend):
     def _scan(self, prefix: str | None) -> Iterator[list[ObjectInfo]]:
         root = self._root()
         start = os.path.join(root, prefix) if prefix else root
+        cut = len(root) + len(os.sep)  # every path below starts with root + os.sep
         stack = [start]
         batch: list[ObjectInfo] = []
         while stack:
@@ -270,7 +271,7 @@ class LocalStorageBackend(StorageBackend):
                             stack.append(entry.path)
                     elif entry.is_file(follow_symlinks=False):
                         st = entry.stat(follow_symlinks=False)
-                        location = os.path.relpath(entry.path, root).replace(os.sep, "/")
+                        location = entry.path[cut:].replace(os.sep, "/")
                         batch.append(
                             ObjectInfo(
                                 location, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)
