@@ -196,6 +196,36 @@ async def test_exactly_one_part_is_a_single_put_and_empty_objects_work(
     assert await s3_backend.aget(ref_for("docs/empty.bin", b"")) == b""
 
 
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def test_uploads_carry_a_signed_checksum_instead_of_a_payload_hash(
+    s3_backend: S3StorageBackend,
+) -> None:
+    """On http:// botocore would hash every body again to sign it, on the event
+    loop; the signed ChecksumSHA256 header covers the bytes instead."""
+    sent: list[dict[str, str]] = []
+
+    def record(*, request: Any, **_: Any) -> None:  # header values may be bytes
+        sent.append({name.lower(): _text(value) for name, value in request.headers.items()})
+
+    client = await s3_backend.aget_client()
+    client.meta.events.register("before-send.s3.PutObject", record)
+    client.meta.events.register("before-send.s3.UploadPart", record)
+    small, large = b"x" * 100, os.urandom(PART + 1)
+    await s3_backend.aput_stream(key="a/small", chunks=chunks_of(small))
+    await s3_backend.aput_stream(key="a/large", chunks=chunks_of(large))
+    assert await s3_backend.aget(ref_for("a/large", large), verify=True) == large
+    assert sorted(headers["x-amz-checksum-sha256"] for headers in sent) == sorted(
+        [b64_sha256(small), b64_sha256(large[:PART]), b64_sha256(large[PART:])]
+    )  # parts go up concurrently, in any order
+    for headers in sent:
+        assert headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+        signed = headers["authorization"].split("SignedHeaders=")[1].split(",")[0]
+        assert "x-amz-checksum-sha256" in signed.split(";")
+
+
 async def test_checksum_validation_off_sends_no_checksums(
     s3_endpoint_url: str, s3_bucket: str, aioboto3_session: Any
 ) -> None:
@@ -217,6 +247,8 @@ async def test_checksum_validation_off_sends_no_checksums(
     assert len(sent) == 3
     for headers in sent:
         assert not [name for name in headers if "checksum" in name], headers
+        # Without a checksum the body is signed: its sha256 is in the signature.
+        assert headers["x-amz-content-sha256"] != "UNSIGNED-PAYLOAD"
 
 
 async def test_parts_are_bounded_and_go_up_concurrently(
