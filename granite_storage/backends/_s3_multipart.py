@@ -153,6 +153,7 @@ class PartSplitter:
             part, self._ready = self._ready, None
             return part
         part = io.BytesIO()
+        sized = False
         while (room := self._part_size - part.tell()) > 0:
             chunk = await self._anext_chunk()
             if chunk is None:
@@ -160,7 +161,17 @@ class PartSplitter:
             if len(chunk) > room:  # split without copying what stays for the next part
                 view = memoryview(chunk)
                 chunk, self._carry = view[:room], view[room:]
+            elif not sized and part.tell():
+                # A second chunk: size the buffer once instead of growing it
+                # chunk by chunk (each growth may move it, holding the old and
+                # the new copy at once). Objects of one chunk never get here.
+                end = part.tell()
+                part.seek(self._part_size - 1)
+                part.write(b"\0")
+                part.seek(end)
+                sized = True
             part.write(chunk)
+        part.truncate()  # a short last part: drop the rest of the buffer
         part.seek(0)
         return part
 
