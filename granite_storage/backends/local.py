@@ -14,7 +14,7 @@ import os
 import stat
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -89,10 +89,6 @@ class LocalStorageBackend(StorageBackend):
     """
 
     backend_name = "local"
-    #: Linux stamps a file's mtime from a coarse clock that lags the real time
-    #: by up to one kernel tick (10 ms at HZ=100): a file written just after
-    #: the collector's cutoff can look older than it.
-    timestamp_resolution = timedelta(milliseconds=10)
 
     def __init__(self, root_dir: str | os.PathLike[str], *, fsync: bool = True) -> None:
         # No I/O here: constructors run inside event loops. The root is

@@ -63,28 +63,6 @@ async def test_upload_is_invisible_until_complete(tmp_path: Path) -> None:
     assert await anyio.to_thread.run_sync(files_under, tmp_path) == [refs[0].location]
 
 
-async def test_listed_times_plus_the_resolution_never_predate_the_write(
-    tmp_path: Path,
-) -> None:
-    """The collector's age check relies on it: an object written after its
-    cutoff must never look older than the cutoff. Kernels stamp mtimes from a
-    coarse clock, which the declared resolution covers."""
-    backend = LocalStorageBackend(tmp_path, fsync=False)
-    started: dict[str, datetime] = {}
-    for index in range(100):
-        location = f"docs/m/{index}/f/x.bin"
-        started[location] = datetime.now(UTC)
-        await backend.aput_stream(key=location, chunks=_one_chunk(b"x"))
-    infos = [info async for info in backend.aiter_objects("docs")]
-    assert len(infos) == 100
-    for info in infos:
-        assert info.last_modified + backend.timestamp_resolution >= started[info.location]
-
-
-async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
-    yield data
-
-
 async def test_durable_write_with_fsync(tmp_path: Path) -> None:
     manager = make_manager(tmp_path, fsync=True)
     ref = await manager.aput_bytes(
