@@ -255,7 +255,7 @@ class LocalStorageBackend(StorageBackend):
     def _scan(self, prefix: str | None) -> Iterator[list[ObjectInfo]]:
         root = self._root()
         start = os.path.join(root, prefix) if prefix else root
-        cut = len(root) + len(os.sep)  # every path below starts with root + os.sep
+        cut = len(os.path.join(root, ""))  # every path below starts with it ("/" too)
         stack = [start]
         batch: list[ObjectInfo] = []
         while stack:
