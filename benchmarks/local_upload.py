@@ -139,7 +139,7 @@ def run_stream(ctx: Context) -> list[Row]:
         }
         if not fsync:
             jobs["0.1.0"] = Job(f"{mod}:legacy_stream", kwargs, legacy=True)
-        out = ctx.compare(jobs, before_each=empty_dir(root))
+        out = ctx.compare(jobs, before_each=empty_dir(root, warm=(source,)))
         granite, base = out["granite"], out["plain"]
         old = out.get("0.1.0")
         base_label = "read+sha256+write" + ("+fsync" if fsync else "")
@@ -186,7 +186,7 @@ def run_concurrent(ctx: Context) -> list[Row]:
     source = data / "source.bin"
     expected = make_source_file(source, size)
     root = data / "root"
-    reset = empty_dir(root)
+    reset = empty_dir(root, warm=(source,))
     kwargs = {
         "source": str(source),
         "root": str(root),

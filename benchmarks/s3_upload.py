@@ -5,7 +5,14 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from benchmarks._context import Context, Job, extra, memory_mib, throughput_mib_s
+from benchmarks._context import (
+    Context,
+    Job,
+    extra,
+    memory_mib,
+    read_into_page_cache,
+    throughput_mib_s,
+)
 from benchmarks._data import make_source_file
 from benchmarks._harness import MIB, Timer
 from benchmarks._report import Row, Target
@@ -120,7 +127,8 @@ def run(ctx: Context) -> list[Row]:
             "fileobj": Job(f"{mod}:boto3_upload_fileobj", kwargs),
             "put": Job(f"{mod}:boto3_put_object", kwargs),
             "0.1.0": Job(f"{mod}:legacy_s3", kwargs, legacy=True),
-        }
+        },
+        before_each=lambda: read_into_page_cache(source),
     )
     client.delete_bucket(Bucket=BUCKET)
     granite = out["granite"]
