@@ -196,8 +196,27 @@ async def test_exactly_one_part_is_a_single_put_and_empty_objects_work(
     assert await s3_backend.aget(ref_for("docs/empty.bin", b"")) == b""
 
 
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+async def upload_headers(backend: S3StorageBackend) -> tuple[list[dict[str, str]], bytes, bytes]:
+    """Upload a small object and a two-part one through ``backend``; return
+    the headers of every PutObject/UploadPart request sent, and both contents."""
+    sent: list[dict[str, str]] = []
+
+    def record(*, request: Any, **_: Any) -> None:
+        sent.append(
+            {  # header values may be bytes
+                name.lower(): value.decode() if isinstance(value, bytes) else value
+                for name, value in request.headers.items()
+            }
+        )
+
+    client = await backend.aget_client()
+    client.meta.events.register("before-send.s3.PutObject", record)
+    client.meta.events.register("before-send.s3.UploadPart", record)
+    small, large = b"x" * 100, os.urandom(PART + 1)
+    await backend.aput_stream(key="a/small", chunks=chunks_of(small))
+    await backend.aput_stream(key="a/large", chunks=chunks_of(large))
+    assert await backend.aget(ref_for("a/large", large), verify=True) == large
+    return sent, small, large
 
 
 async def test_uploads_carry_a_signed_checksum_instead_of_a_payload_hash(
@@ -205,18 +224,7 @@ async def test_uploads_carry_a_signed_checksum_instead_of_a_payload_hash(
 ) -> None:
     """On http:// botocore would hash every body again to sign it, on the event
     loop; the signed ChecksumSHA256 header covers the bytes instead."""
-    sent: list[dict[str, str]] = []
-
-    def record(*, request: Any, **_: Any) -> None:  # header values may be bytes
-        sent.append({name.lower(): _text(value) for name, value in request.headers.items()})
-
-    client = await s3_backend.aget_client()
-    client.meta.events.register("before-send.s3.PutObject", record)
-    client.meta.events.register("before-send.s3.UploadPart", record)
-    small, large = b"x" * 100, os.urandom(PART + 1)
-    await s3_backend.aput_stream(key="a/small", chunks=chunks_of(small))
-    await s3_backend.aput_stream(key="a/large", chunks=chunks_of(large))
-    assert await s3_backend.aget(ref_for("a/large", large), verify=True) == large
+    sent, small, large = await upload_headers(s3_backend)
     assert sorted(headers["x-amz-checksum-sha256"] for headers in sent) == sorted(
         [b64_sha256(small), b64_sha256(large[:PART]), b64_sha256(large[PART:])]
     )  # parts go up concurrently, in any order
@@ -229,21 +237,10 @@ async def test_uploads_carry_a_signed_checksum_instead_of_a_payload_hash(
 async def test_checksum_validation_off_sends_no_checksums(
     s3_endpoint_url: str, s3_bucket: str, aioboto3_session: Any
 ) -> None:
-    sent: list[dict[str, str]] = []
-
-    def record(*, request: Any, **_: Any) -> None:
-        sent.append({name.lower(): value for name, value in request.headers.items()})
-
     async with open_s3_backend(
         s3_endpoint_url, s3_bucket, session=aioboto3_session, checksum_validation=False
     ) as backend:
-        client = await backend.aget_client()
-        client.meta.events.register("before-send.s3.PutObject", record)
-        client.meta.events.register("before-send.s3.UploadPart", record)
-        small, large = b"x" * 100, os.urandom(PART + 1)
-        await backend.aput_stream(key="a/small", chunks=chunks_of(small))
-        await backend.aput_stream(key="a/large", chunks=chunks_of(large))
-        assert await backend.aget(ref_for("a/large", large), verify=True) == large
+        sent, _, _ = await upload_headers(backend)
     assert len(sent) == 3
     for headers in sent:
         assert not [name for name in headers if "checksum" in name], headers
