@@ -152,7 +152,7 @@ async def stream_upload(
             extra=extra,
         )
 
-    return await _stream(
+    return await stream_upload_to(
         request,
         store,
         max_size=policy.max_size,
@@ -211,31 +211,6 @@ async def stream_upload_to(
 
     The other parameters are those of :func:`stream_upload`.
     """
-    return await _stream(
-        request,
-        store,
-        max_size=max_size,
-        chunk_size=chunk_size,
-        file_field=file_field,
-        max_fields=max_fields,
-        max_field_size=max_field_size,
-        filename_query_param=filename_query_param,
-        filename_header=filename_header,
-    )
-
-
-async def _stream(
-    request: Request,
-    store: UploadStore,
-    *,
-    max_size: int | None,
-    chunk_size: int,
-    file_field: str,
-    max_fields: int,
-    max_field_size: int,
-    filename_query_param: str,
-    filename_header: str,
-) -> StreamedUpload:
     media_type, options = parse_options_header(request.headers.get("content-type"))
     if media_type != b"multipart/form-data":
         if max_size is not None:
