@@ -10,9 +10,12 @@ from __future__ import annotations
 import hashlib
 import inspect
 import io
+import queue
+import threading
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
+import anyio.from_thread
 import anyio.to_thread
 
 from granite_storage.errors import ContentTooLargeError
@@ -20,13 +23,17 @@ from granite_storage.errors import ContentTooLargeError
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "AsyncReadable",
+    "BlockingPull",
     "ByteSource",
+    "Coalescer",
+    "HashingThread",
     "Sha256Digest",
     "SizeLimiter",
     "SyncReadable",
     "aclose_iterator",
     "acoalesce",
     "aiter_chunks",
+    "blocking_pull",
     "check_size_limit",
 ]
 
@@ -52,6 +59,9 @@ class SyncReadable(Protocol):
 
     def read(self, size: int = ..., /) -> bytes: ...
 
+
+#: Takes the next chunk in a worker thread, blocking; ``None`` at the end.
+BlockingPull: TypeAlias = Callable[[], bytes | None]
 
 ByteSource: TypeAlias = (
     bytes
@@ -92,7 +102,7 @@ def aiter_chunks(source: ByteSource, chunk_size: int = DEFAULT_CHUNK_SIZE) -> As
     if callable(read):
         if inspect.iscoroutinefunction(read):
             return _from_async_read(read, chunk_size)
-        return _from_sync_read(read, chunk_size, inline=isinstance(source, _IN_MEMORY))
+        return _SyncReadChunks(read, chunk_size, inline=isinstance(source, _IN_MEMORY))
     if isinstance(source, AsyncIterable):
         return _split(aiter(source), chunk_size)
     if isinstance(source, Iterable):
@@ -129,17 +139,48 @@ async def _from_async_read(
         yield chunk
 
 
-async def _from_sync_read(
-    read: Callable[[int], Any], chunk_size: int, *, inline: bool
-) -> AsyncIterator[bytes]:
-    while True:
-        result = read(chunk_size) if inline else await anyio.to_thread.run_sync(read, chunk_size)
+class _SyncReadChunks:
+    """Chunks of a sync binary file: each ``read`` in a worker thread (inline
+    for an in-memory file), or all of them from one worker thread through
+    :attr:`blocking_pull`."""
+
+    def __init__(self, read: Callable[[int], Any], chunk_size: int, *, inline: bool) -> None:
+        self._read = read
+        self._chunk_size = chunk_size
+        self._inline = inline
+        self.blocking_pull: BlockingPull | None = self._pull
+
+    def __aiter__(self) -> _SyncReadChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._inline:
+            result = self._read(self._chunk_size)
+        else:
+            result = await anyio.to_thread.run_sync(self._read, self._chunk_size)
         if inspect.isawaitable(result):  # a read() that is async without being a coroutine function
             result = await result
-        chunk = _as_bytes(result) if result is not None else b""
-        if not chunk:
-            return
-        yield chunk
+        return _chunk_or_stop(result)
+
+    def _pull(self) -> bytes | None:
+        result = self._read(self._chunk_size)
+        if inspect.isawaitable(result):
+            result = anyio.from_thread.run(_await, result)
+        try:
+            return _chunk_or_stop(result)
+        except StopAsyncIteration:
+            return None
+
+
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def _chunk_or_stop(result: object) -> bytes:
+    chunk = _as_bytes(result) if result is not None else b""
+    if not chunk:
+        raise StopAsyncIteration
+    return chunk
 
 
 async def _from_sequence(chunks: list[Any] | tuple[Any, ...]) -> AsyncIterator[bytes]:
@@ -177,29 +218,83 @@ async def aclose_iterator(iterator: object) -> None:
         await aclose()
 
 
-async def acoalesce(
-    chunks: AsyncIterator[bytes], chunk_size: int = DEFAULT_CHUNK_SIZE
-) -> AsyncIterator[bytes]:
+def blocking_pull(chunks: AsyncIterator[bytes]) -> BlockingPull | None:
+    """The blocking twin of ``anext(chunks)``, if ``chunks`` has one: a
+    function that a worker thread calls to take the next chunk (``None`` at
+    the end), so one thread can copy a whole sync source without a hand-off
+    to the event loop per chunk. ``None`` for sources that need the loop
+    (async reads, async iterables).
+
+    Sync files (:func:`aiter_chunks`), :class:`SizeLimiter` and
+    :func:`acoalesce` pass it on; a backend may use it or iterate ``chunks``
+    as usual, but not both at once.
+    """
+    pull = getattr(chunks, "blocking_pull", None)
+    return pull if callable(pull) else None
+
+
+def acoalesce(chunks: AsyncIterator[bytes], chunk_size: int = DEFAULT_CHUNK_SIZE) -> Coalescer:
     """Merge small chunks into chunks of ``chunk_size`` bytes (the last may
     be shorter), so a source that sends many tiny pieces does not cost one
     write or thread hop per piece. Chunks of at least a sixteenth of
     ``chunk_size`` arriving on an empty buffer pass through uncopied.
     """
-    passthrough = max(chunk_size // 16, 1)
-    buffer = bytearray()
-    try:
-        async for chunk in chunks:
-            if not buffer and len(chunk) >= passthrough:
-                yield chunk
-                continue
-            buffer += chunk
-            while len(buffer) >= chunk_size:
-                yield bytes(buffer[:chunk_size])
-                del buffer[:chunk_size]
-        if buffer:
-            yield bytes(buffer)
-    finally:
-        await aclose_iterator(chunks)
+    return Coalescer(chunks, chunk_size)
+
+
+class Coalescer:
+    """The iterator :func:`acoalesce` returns."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], chunk_size: int) -> None:
+        self._chunks = chunks
+        self._chunk_size = chunk_size
+        self._passthrough = max(chunk_size // 16, 1)
+        self._buffer = bytearray()
+        self._ready: bytes | None = None
+        self._ended = False
+        self._inner_pull = blocking_pull(chunks)
+        self.blocking_pull: BlockingPull | None = self._pull if self._inner_pull else None
+
+    def __aiter__(self) -> Coalescer:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while (chunk := self._take()) is None:
+            if self._ended:
+                raise StopAsyncIteration
+            self._add(await anext(self._chunks, None))
+        return chunk
+
+    def _pull(self) -> bytes | None:
+        assert self._inner_pull is not None
+        while (chunk := self._take()) is None:
+            if self._ended:
+                return None
+            self._add(self._inner_pull())
+        return chunk
+
+    def _add(self, chunk: bytes | None) -> None:
+        if chunk is None:
+            self._ended = True
+        elif not self._buffer and len(chunk) >= self._passthrough:
+            self._ready = chunk
+        else:
+            self._buffer += chunk
+
+    def _take(self) -> bytes | None:
+        """The next chunk to hand on, if one is complete."""
+        if self._ready is not None:
+            chunk, self._ready = self._ready, None
+            return chunk
+        size = self._chunk_size if not self._ended else len(self._buffer)
+        if not self._buffer or len(self._buffer) < size:
+            return None
+        chunk = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return chunk
+
+    async def aclose(self) -> None:
+        await aclose_iterator(self._chunks)
 
 
 def check_size_limit(total: int, max_size: int | None) -> None:
@@ -226,12 +321,21 @@ class SizeLimiter:
         self._chunks = chunks
         self.max_size = max_size
         self.total = 0
+        self._inner_pull = blocking_pull(chunks)
+        self.blocking_pull: BlockingPull | None = self._pull if self._inner_pull else None
 
     def __aiter__(self) -> SizeLimiter:
         return self
 
     async def __anext__(self) -> bytes:
-        chunk = await anext(self._chunks)
+        return self._count(await anext(self._chunks))
+
+    def _pull(self) -> bytes | None:
+        assert self._inner_pull is not None
+        chunk = self._inner_pull()
+        return None if chunk is None else self._count(chunk)
+
+    def _count(self, chunk: bytes) -> bytes:
         self.total += len(chunk)
         check_size_limit(self.total, self.max_size)
         return chunk
@@ -267,3 +371,34 @@ class Sha256Digest:
     def checksum(self) -> str:
         """``"sha256:<hex>"`` of everything hashed so far."""
         return f"sha256:{self._hash.hexdigest()}"
+
+
+class HashingThread:
+    """Feed a :class:`Sha256Digest` from blocking code while a thread of its
+    own hashes: a worker thread that copies a stream writes chunk *n* while
+    chunk *n - 1* is hashed, so on two cores the hash costs no wall-clock
+    time. At most ``depth`` chunks wait to be hashed.
+
+    Use as a context manager; on exit every chunk handed over is hashed.
+    """
+
+    def __init__(self, digest: Sha256Digest, *, depth: int = 4) -> None:
+        self._digest = digest
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._run, name="granite-sha256", daemon=True)
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            self._digest.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        """Hand ``chunk`` over; blocks while ``depth`` chunks wait already."""
+        self._queue.put(chunk)
+
+    def __enter__(self) -> HashingThread:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._queue.put(None)
+        self._thread.join()

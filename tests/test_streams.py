@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import aiofiles
@@ -13,7 +13,14 @@ import anyio
 import pytest
 
 from granite_storage import ContentTooLargeError
-from granite_storage.streams import Sha256Digest, SizeLimiter, acoalesce, aiter_chunks
+from granite_storage.streams import (
+    HashingThread,
+    Sha256Digest,
+    SizeLimiter,
+    acoalesce,
+    aiter_chunks,
+    blocking_pull,
+)
 
 DATA = os.urandom(10_000)
 
@@ -163,4 +170,67 @@ async def test_digest_matches_hashlib_for_small_and_large_chunks() -> None:
     for chunk in chunks:
         await digest.aupdate(chunk)
     assert digest.size == 200_001
+    assert digest.checksum == "sha256:" + hashlib.sha256(b"".join(chunks)).hexdigest()
+
+
+class ShortReads(io.RawIOBase):
+    """A raw file that returns at most ``step`` bytes per read, like a pipe."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self._file = io.BytesIO(data)
+        self._step = step
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        return self._file.read(min(size, self._step) if size >= 0 else self._step)
+
+
+def drain(pull: Callable[[], bytes | None]) -> list[bytes]:
+    chunks = []
+    while (chunk := pull()) is not None:
+        chunks.append(chunk)
+    return chunks
+
+
+async def test_a_sync_file_can_be_pulled_whole_from_one_worker_thread() -> None:
+    chunks = acoalesce(
+        SizeLimiter(aiter_chunks(ShortReads(DATA, 100), chunk_size=4096), None), chunk_size=4096
+    )
+    pull = blocking_pull(chunks)
+    assert pull is not None
+    pulled = await anyio.to_thread.run_sync(drain, pull)
+    assert b"".join(pulled) == DATA
+    # the short reads are merged as on the async path
+    assert [len(c) for c in pulled] == [4096, 4096, len(DATA) - 8192]
+
+
+async def test_the_blocking_pull_enforces_the_size_limit() -> None:
+    limiter = SizeLimiter(aiter_chunks(io.BytesIO(DATA), chunk_size=1000), max_size=2500)
+    pull = blocking_pull(limiter)
+    assert pull is not None
+    assert pull() is not None and pull() is not None
+    with pytest.raises(ContentTooLargeError):
+        pull()
+    assert limiter.total == 3000
+
+
+@pytest.mark.parametrize(
+    "make_source", [lambda: AsyncReader(DATA), agenerator, generator, lambda: DATA]
+)
+async def test_sources_that_need_the_loop_have_no_blocking_pull(make_source: object) -> None:
+    chunks = acoalesce(SizeLimiter(aiter_chunks(make_source()), None))  # type: ignore[operator]
+    assert blocking_pull(chunks) is None
+    assert b"".join(await collect(chunks)) == DATA
+
+
+def test_hashing_thread_matches_hashlib_and_bounds_its_queue() -> None:
+    chunks = [os.urandom(100_000) for _ in range(20)]
+    digest = Sha256Digest()
+    with HashingThread(digest, depth=2) as hasher:
+        for chunk in chunks:
+            hasher.update(chunk)
+            assert hasher._queue.qsize() <= 2
+    assert digest.size == 2_000_000
     assert digest.checksum == "sha256:" + hashlib.sha256(b"".join(chunks)).hexdigest()

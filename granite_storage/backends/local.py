@@ -15,12 +15,14 @@ import stat
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
 import anyio
 import anyio.to_thread
 
+from granite_storage._threads import Checkpoint, run_stoppable
 from granite_storage.contracts import (
     BatchDeleteResult,
     ObjectInfo,
@@ -36,7 +38,7 @@ from granite_storage.errors import (
 )
 from granite_storage.locations import unique_name, validate_location, validate_prefix
 from granite_storage.refs import StoredObjectRef
-from granite_storage.streams import Sha256Digest
+from granite_storage.streams import BlockingPull, HashingThread, Sha256Digest, blocking_pull
 
 __all__ = ["TEMP_DIR_NAME", "LocalStorageBackend"]
 
@@ -199,6 +201,27 @@ class LocalStorageBackend(StorageBackend):
             raise
         return PutResult(size=digest.size, checksum=digest.checksum)
 
+    def _put_pulled(self, pull: BlockingPull, location: str, checkpoint: Checkpoint) -> PutResult:
+        """Store what ``pull`` returns, in the calling (worker) thread.
+        ``checkpoint`` runs after every chunk and raises once the caller is
+        cancelled; the temporary file is then removed."""
+        digest = Sha256Digest()
+        with _translate_os_errors("create a temporary file for", location):
+            file, temp = self._open_temp()
+        try:
+            with HashingThread(digest) as hasher:
+                while (chunk := pull()) is not None:
+                    hasher.update(chunk)
+                    with _translate_os_errors("write", location):
+                        _write_all(file, chunk)
+                    checkpoint()
+            with _translate_os_errors("write", location):
+                self._commit(file, temp, location)
+        except BaseException:
+            self._discard(file, temp)
+            raise
+        return PutResult(size=digest.size, checksum=digest.checksum)
+
     @staticmethod
     def _discard(file: BinaryIO, temp: str) -> None:
         file.close()
@@ -310,6 +333,12 @@ class LocalStorageBackend(StorageBackend):
         content_type: str | None = None,
     ) -> PutResult:
         location = validate_location(key)
+        pull = blocking_pull(chunks)
+        if pull is not None:
+            # A sync source (a file): read, hash and write it all in one
+            # worker thread, like a plain copy loop, with no hand-off to the
+            # event loop per chunk.
+            return await run_stoppable(partial(self._put_pulled, pull, location))
         # Read up to two chunks first: an object that fits in one chunk (most
         # uploads) is written, hashed and renamed in a single worker-thread
         # call instead of one per step.

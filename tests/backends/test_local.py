@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import hashlib
+import io
 import os
+import threading
+import time
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +21,7 @@ from granite_storage import InvalidLocationError, StorageManager, StoragePolicy,
 from granite_storage.backends import local as local_module
 from granite_storage.backends.local import TEMP_DIR_NAME, LocalStorageBackend
 from granite_storage.errors import BackendError
+from granite_storage.streams import SizeLimiter, acoalesce, aiter_chunks
 
 
 def files_under(root: Path) -> list[str]:
@@ -71,8 +77,16 @@ async def test_durable_write_with_fsync(tmp_path: Path) -> None:
     assert await anyio.Path(tmp_path / ref.location).read_bytes() == b"durable"
 
 
+@pytest.mark.parametrize(
+    "make_source",
+    [
+        lambda: [b"x" * (1 << 20), b"y" * (1 << 20), b"z"],  # chunks through the event loop
+        lambda: io.BytesIO(b"x" * (2 << 20) + b"z"),  # a file, copied in one worker thread
+    ],
+    ids=["iterable", "file"],
+)
 async def test_disk_error_is_a_clear_storage_error_and_leaves_no_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_source: Callable[[], object]
 ) -> None:
     calls = 0
     real_write_all = local_module._write_all
@@ -87,7 +101,7 @@ async def test_disk_error_is_a_clear_storage_error_and_leaves_no_file(
     monkeypatch.setattr(local_module, "_write_all", write_all_then_fill_the_disk)
     manager = make_manager(tmp_path)
     with pytest.raises(BackendError, match="No space left on device") as info:
-        await put_stream(manager, [b"x" * (1 << 20), b"y" * (1 << 20), b"z"])
+        await put_stream(manager, make_source())
     assert isinstance(info.value.__cause__, OSError)
     assert await anyio.to_thread.run_sync(files_under, tmp_path) == []
 
@@ -209,3 +223,70 @@ async def test_delete_many_in_batches_reports_unsafe_locations(tmp_path: Path) -
     assert await anyio.Path(outside / "f" / "secret").read_bytes() == b"keep"
     assert await anyio.to_thread.run_sync(files_under, root / "docs") == []
     assert [p.name async for p in anyio.Path(root / "docs").iterdir()] == ["link"]
+
+
+async def test_a_file_is_copied_by_one_worker_thread_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(8 << 20)
+    backend = LocalStorageBackend(tmp_path, fsync=False)
+    await backend.aput_stream(key="warm/up", chunks=aiter_chunks(b"x"))  # creates the root
+    calls: list[str] = []
+    real_run_sync = anyio.to_thread.run_sync
+
+    async def counting_run_sync(func: Callable[..., object], *args: object, **kw: object) -> object:
+        calls.append(getattr(func, "__name__", repr(func)))
+        return await real_run_sync(func, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting_run_sync)
+    chunks = acoalesce(SizeLimiter(aiter_chunks(io.BytesIO(data)), None))
+    result = await backend.aput_stream(key="docs/big.bin", chunks=chunks)
+    assert result.checksum == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert result.size == len(data)
+    assert len(calls) == 1, calls  # not one or more per 1 MiB chunk
+    assert await anyio.Path(tmp_path / "docs" / "big.bin").read_bytes() == data
+
+
+class EndlessFile(io.RawIOBase):
+    """A sync file that never ends: 64 KiB every 5 ms."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.first_read = threading.Event()
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        time.sleep(0.005)
+        self.reads += 1
+        self.first_read.set()
+        return b"x" * 65536
+
+
+@pytest.mark.parametrize("how", ["anyio", "task.cancel", "asyncio.timeout"])
+async def test_a_cancelled_file_upload_leaves_no_file_once_cancelled(
+    tmp_path: Path, how: str
+) -> None:
+    manager = make_manager(tmp_path)
+    source = EndlessFile()
+    if how == "anyio":
+        with anyio.move_on_after(0.2):
+            await put_stream(manager, source)
+    elif how == "task.cancel":
+        task = asyncio.create_task(put_stream(manager, source))
+        await anyio.to_thread.run_sync(source.first_read.wait)
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    else:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await put_stream(manager, source)
+    assert source.reads > 1
+    # At once, not eventually: the copying thread has already stopped.
+    assert await anyio.to_thread.run_sync(files_under, tmp_path) == []
+    reads = source.reads
+    await asyncio.sleep(0.05)
+    assert source.reads == reads
