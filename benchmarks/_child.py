@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Any
 
-from benchmarks._harness import RESULT_MARKER, Timer
+from benchmarks._harness import RESULT_MARKER, EmptyDir, Timer
 
 
 def _load_legacy(path: str) -> None:
@@ -34,7 +34,8 @@ def main() -> None:
         _load_legacy(request["legacy_path"])
     module_name, _, function_name = request["target"].partition(":")
     workload = getattr(importlib.import_module(module_name), function_name)
-    timer = Timer()
+    reset = request.get("reset")
+    timer = Timer(EmptyDir(reset["path"], tuple(reset["warm"])) if reset else None)
     kwargs: dict[str, Any] = request["kwargs"]
     if inspect.iscoroutinefunction(workload):
         extra = asyncio.run(workload(timer, **kwargs))

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import statistics
 from collections.abc import Callable, Mapping
@@ -12,7 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks._harness import MIB, ChildError, ChildResult, Samples, run_child
+from benchmarks._harness import (
+    MIB,
+    ChildError,
+    ChildResult,
+    EmptyDir,
+    Samples,
+    read_into_page_cache,
+    run_child,
+)
 from benchmarks._report import Figure
 from benchmarks._services import Server, moto_server
 
@@ -178,6 +185,7 @@ class Context:
         *,
         before_each: Callable[[], None] | None = None,
         runs: int | None = None,
+        warmup: bool = False,
         timeout: float = 900.0,
     ) -> dict[str, Outcome]:
         """Measure several workloads, :attr:`runs` times each, interleaved
@@ -186,6 +194,11 @@ class Context:
 
         A job with ``legacy=True`` runs with granite-storage 0.1.0, or is
         reported as not available. A failing job is not run again.
+
+        With ``warmup``, one more round runs first and is not counted: on the
+        VM this suite was built on, the first 512 MiB upload after the scenario
+        wrote its source ran at 188-278 MiB/s in six of six bench runs, and
+        the later ones at up to 1,284 MiB/s.
         """
         results: dict[str, list[ChildResult]] = {name: [] for name in jobs}
         errors: dict[str, str] = {}
@@ -194,24 +207,29 @@ class Context:
                 errors[name] = "not available"  # the reason is in the log and the JSON
             else:
                 self.log(f"  {job.target}{' [0.1.0]' if job.legacy else ''}")
-        for _ in range(runs or self.runs):
+        rounds = (runs or self.runs) + (1 if warmup else 0)
+        for round_index in range(rounds):
+            counted = not (warmup and round_index == 0)
             for name, job in jobs.items():
                 if name in errors:
                     continue
-                if before_each is not None:
+                reset = before_each if isinstance(before_each, EmptyDir) else None
+                if before_each is not None and reset is None:
                     before_each()
                 try:
-                    results[name].append(
-                        run_child(
-                            job.target,
-                            job.kwargs,
-                            legacy_path=self.legacy_path if job.legacy else None,
-                            timeout=timeout,
-                        )
+                    result = run_child(
+                        job.target,
+                        job.kwargs,
+                        legacy_path=self.legacy_path if job.legacy else None,
+                        reset=reset,
+                        timeout=timeout,
                     )
                 except ChildError as exc:
                     self.log(f"    {job.target} FAILED: {exc}")
                     errors[name] = f"failed: {str(exc).splitlines()[-1][:120]}"
+                    continue
+                if counted:
+                    results[name].append(result)
         return {
             name: Outcome(None, errors[name]) if name in errors else Outcome(Samples(results[name]))
             for name in jobs
@@ -225,34 +243,8 @@ class Context:
         return outcome.figure(LEGACY_LABEL, per_run, worst=worst, short="0.1.0")
 
 
-def flush_dirty_pages() -> None:
-    """Write dirty pages out so one run's writeback does not slow the next."""
-    if hasattr(os, "sync"):
-        os.sync()
-
-
-def read_into_page_cache(*paths: Path) -> None:
-    """Read ``paths`` through, so the next run finds them in the page cache.
-
-    Without it a run may read its source from disk: on VMs that reclaim idle
-    page cache (DAMON), the same plain read+hash+write loop over a 512 MiB file
-    took 0.22 s or 1.71 s, and the slow run showed 123,905
-    ``workingset_refault_file`` pages (484 MiB of the source read again).
-    """
-    for path in paths:
-        with open(path, "rb", buffering=0) as file:
-            while file.read(MIB):
-                pass
-
-
-def empty_dir(path: Path, *, warm: tuple[Path, ...] = ()) -> Callable[[], None]:
+def empty_dir(path: Path, *, warm: tuple[Path, ...] = ()) -> EmptyDir:
     """A ``before_each`` hook: empty ``path``, flush dirty pages, and read the
-    files in ``warm`` (the runs' sources) into the page cache."""
-
-    def reset() -> None:
-        shutil.rmtree(path, ignore_errors=True)
-        path.mkdir(parents=True, exist_ok=True)
-        flush_dirty_pages()
-        read_into_page_cache(*warm)
-
-    return reset
+    files in ``warm`` (the runs' sources) into the page cache. The measurement
+    child runs it itself, just before its workload (see :class:`EmptyDir`)."""
+    return EmptyDir(str(path), tuple(str(p) for p in warm))

@@ -15,15 +15,17 @@ not count. Where that is impossible, ``ru_maxrss`` gives an approximation.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -33,10 +35,13 @@ __all__ = [
     "MIB",
     "ChildError",
     "ChildResult",
+    "EmptyDir",
     "Samples",
     "Timer",
     "cpu_seconds",
+    "flush_dirty_pages",
     "peak_rss",
+    "read_into_page_cache",
     "reset_peak_rss",
     "rss",
     "run_child",
@@ -104,20 +109,79 @@ def reset_peak_rss(pid: int | str = "self") -> bool:
     return True
 
 
+# -- the state of the machine before a run ----------------------------------------
+
+
+def flush_dirty_pages() -> None:
+    """Write dirty pages out so one run's writeback does not slow the next."""
+    if hasattr(os, "sync"):
+        os.sync()
+
+
+def read_into_page_cache(*paths: str | Path) -> None:
+    """Read ``paths`` through, so the next run finds them in the page cache.
+
+    Without it a run may read its source from disk: on VMs that reclaim idle
+    page cache (DAMON), the same plain read+hash+write loop over a 512 MiB file
+    took 0.22 s or 1.71 s, and the slow run showed 123,905
+    ``workingset_refault_file`` pages (484 MiB of the source read again).
+    """
+    for path in paths:
+        with open(path, "rb", buffering=0) as file:
+            while file.read(MIB):
+                pass
+
+
+@dataclass(frozen=True)
+class EmptyDir:
+    """Empty ``path`` but for its top-level dot-directories (a workload's temp
+    directory, empty between runs), flush dirty pages and read ``warm`` into
+    the page cache.
+
+    Given as ``before_each``, the measurement child's :class:`Timer` runs it
+    as the workload enters its measured region, after any set-up (a warm-up
+    upload is deleted too), so every workload starts writing the same short
+    time after the previous run's files were deleted. That
+    time matters on VMs that hand freed memory back to the host: on the
+    2-core VM this suite was built on, writing 512 MiB to a new file within
+    0.5 s of deleting the last one ran at 3,540-4,240 MiB/s in 8 of 10 writes,
+    and 2 s or more after it at 886-1,241 MiB/s in 15 of 15. A
+    child that imports more (granite_storage, SQLAlchemy) started later after
+    a reset done by the parent, and so wrote slower than the plain baseline.
+    """
+
+    path: str
+    warm: tuple[str, ...] = ()
+
+    def __call__(self) -> None:
+        os.makedirs(self.path, exist_ok=True)
+        with os.scandir(self.path) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    if not entry.name.startswith("."):  # kept: the workload's temp dir
+                        shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+        flush_dirty_pages()
+        read_into_page_cache(*self.warm)
+
+
 # -- the child side ------------------------------------------------------------
 
 
 class Timer:
     """The one measured region of a workload: ``with timer: ...``.
 
-    On entry it collects garbage, resets the peak-RSS counter and starts the
-    clock; on exit it records :attr:`seconds` and :attr:`rss_growth` (bytes the
-    peak RSS rose above the RSS at entry).
+    On entry it runs ``reset`` (see :class:`EmptyDir`), collects garbage,
+    resets the peak-RSS counter and starts the clock; on exit it records
+    :attr:`seconds` and :attr:`rss_growth` (bytes the peak RSS rose above the
+    RSS at entry).
 
     :raises RuntimeError: if a workload enters it twice.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, reset: Callable[[], None] | None = None) -> None:
+        self._reset = reset
         self.seconds: float | None = None
         self.rss_growth: int | None = None
         #: False when the peak counter could not be reset: the growth is then
@@ -131,6 +195,8 @@ class Timer:
         if self._entered:
             raise RuntimeError("a workload measures exactly one region; the timer was reused")
         self._entered = True
+        if self._reset is not None:
+            self._reset()
         gc.collect()
         self.exact_memory = reset_peak_rss()
         self._baseline = rss() if self.exact_memory else max(rss(), peak_rss())
@@ -192,18 +258,21 @@ def run_child(
     kwargs: Mapping[str, Any],
     *,
     legacy_path: Path | None = None,
+    reset: EmptyDir | None = None,
     timeout: float = 900.0,
 ) -> ChildResult:
     """Run ``target`` (``"benchmarks.module:function"``) once in a new interpreter.
 
     :param legacy_path: a directory holding granite-storage 0.1.0's
         ``granite_storage`` package, put first on the child's ``sys.path``.
+    :param reset: run in the child after its imports, before ``target``.
     :raises ChildError: if the child fails, times out or reports nothing.
     """
     request = {
         "target": target,
         "kwargs": dict(kwargs),
         "legacy_path": str(legacy_path) if legacy_path else None,
+        "reset": dataclasses.asdict(reset) if reset else None,
     }
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(

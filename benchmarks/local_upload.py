@@ -139,7 +139,7 @@ def run_stream(ctx: Context) -> list[Row]:
         }
         if not fsync:
             jobs["0.1.0"] = Job(f"{mod}:legacy_stream", kwargs, legacy=True)
-        out = ctx.compare(jobs, before_each=empty_dir(root, warm=(source,)))
+        out = ctx.compare(jobs, before_each=empty_dir(root, warm=(source,)), warmup=True)
         granite, base = out["granite"], out["plain"]
         old = out.get("0.1.0")
         base_label = "read+sha256+write" + ("+fsync" if fsync else "")
@@ -202,6 +202,7 @@ def run_concurrent(ctx: Context) -> list[Row]:
             "0.1.0": Job(f"{mod}:legacy_concurrent", kwargs, legacy=True),
         },
         before_each=reset,
+        warmup=True,
     )
     granite, idle, old = out["granite"], out["idle"], out["0.1.0"]
     lateness = extra("max_lateness", 1000.0)
