@@ -119,8 +119,15 @@ class LocalStorageBackend(StorageBackend):
         return real
 
     def _open_temp(self) -> tuple[BinaryIO, str]:
-        path = os.path.join(self._root(), TEMP_DIR_NAME, f"{unique_name()}.part")
-        return open(path, "xb", buffering=0), path
+        temp_dir = os.path.join(self._root(), TEMP_DIR_NAME)
+        path = os.path.join(temp_dir, f"{unique_name()}.part")
+        try:
+            return open(path, "xb", buffering=0), path
+        except FileNotFoundError:
+            # The temp directory (or the whole root) was removed while this
+            # backend lived, e.g. by emptying the storage directory: make it again.
+            os.makedirs(temp_dir, exist_ok=True)
+            return open(path, "xb", buffering=0), path
 
     def _commit(self, file: BinaryIO, temp: str, location: str) -> None:
         if self.fsync:

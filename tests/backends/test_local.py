@@ -7,6 +7,7 @@ import errno
 import hashlib
 import io
 import os
+import shutil
 import threading
 import time
 import tracemalloc
@@ -290,3 +291,14 @@ async def test_a_cancelled_file_upload_leaves_no_file_once_cancelled(
     reads = source.reads
     await asyncio.sleep(0.05)
     assert source.reads == reads
+
+
+@pytest.mark.parametrize("source", [b"small", io.BytesIO(b"x" * (3 << 20))], ids=["bytes", "file"])
+async def test_uploads_work_after_the_storage_directory_was_emptied(
+    tmp_path: Path, source: object
+) -> None:
+    manager = make_manager(tmp_path)
+    await put_stream(manager, b"first")
+    await anyio.to_thread.run_sync(shutil.rmtree, tmp_path)
+    ref = await put_stream(manager, source)
+    assert await anyio.to_thread.run_sync(files_under, tmp_path) == [ref.location]
