@@ -97,7 +97,7 @@ def aiter_chunks(source: ByteSource, chunk_size: int = DEFAULT_CHUNK_SIZE) -> As
     if isinstance(source, str):
         raise TypeError("a byte source cannot be str: encode the text first, e.g. text.encode()")
     if isinstance(source, bytes | bytearray | memoryview):
-        return _split(_from_bytes(source, chunk_size), chunk_size)
+        return _BytesChunks(source, chunk_size)
     read = getattr(source, "read", None)
     if callable(read):
         if inspect.iscoroutinefunction(read):
@@ -126,10 +126,34 @@ def _as_bytes(chunk: object) -> bytes:
     )
 
 
-async def _from_bytes(
-    data: bytes | bytearray | memoryview, chunk_size: int
-) -> AsyncIterator[bytes]:
-    yield data if isinstance(data, bytes) else bytes(data)
+class _BytesChunks:
+    """Chunks of an in-memory object (copied once if it is mutable), sliced
+    on demand: by the event loop, or by a worker thread through
+    :attr:`blocking_pull`. An object that fits in one chunk is not copied."""
+
+    def __init__(self, data: bytes | bytearray | memoryview, chunk_size: int) -> None:
+        self._data = data if isinstance(data, bytes) else bytes(data)
+        self._chunk_size = chunk_size
+        self._offset = 0
+        self.blocking_pull: BlockingPull | None = self._pull
+
+    def __aiter__(self) -> _BytesChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = self._pull()
+        if chunk is None:
+            raise StopAsyncIteration
+        return chunk
+
+    def _pull(self) -> bytes | None:
+        start, size = self._offset, len(self._data)
+        if start >= size:
+            return None
+        self._offset = min(start + self._chunk_size, size)
+        if start == 0 and self._offset == size:
+            return self._data
+        return self._data[start : self._offset]
 
 
 async def _from_async_read(

@@ -216,9 +216,7 @@ async def test_the_blocking_pull_enforces_the_size_limit() -> None:
     assert limiter.total == 3000
 
 
-@pytest.mark.parametrize(
-    "make_source", [lambda: AsyncReader(DATA), agenerator, generator, lambda: DATA]
-)
+@pytest.mark.parametrize("make_source", [lambda: AsyncReader(DATA), agenerator, generator])
 async def test_sources_that_need_the_loop_have_no_blocking_pull(make_source: object) -> None:
     chunks = acoalesce(SizeLimiter(aiter_chunks(make_source()), None))  # type: ignore[operator]
     assert blocking_pull(chunks) is None
@@ -234,3 +232,16 @@ def test_hashing_thread_matches_hashlib_and_bounds_its_queue() -> None:
             assert hasher._queue.qsize() <= 2
     assert digest.size == 2_000_000
     assert digest.checksum == "sha256:" + hashlib.sha256(b"".join(chunks)).hexdigest()
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+async def test_bytes_in_memory_can_be_pulled_from_a_worker_thread(kind: type) -> None:
+    source = kind(DATA)
+    pull = blocking_pull(SizeLimiter(aiter_chunks(source, chunk_size=4096), None))
+    assert pull is not None
+    if kind is bytearray:
+        source[0] ^= 0xFF  # copied up front: later changes by the caller do not leak in
+    assert [len(c) for c in await anyio.to_thread.run_sync(drain, pull)] == [4096, 4096, 1808]
+    assert b"".join(drain(blocking_pull(aiter_chunks(DATA)) or (lambda: None))) == DATA
+    (whole,) = drain(blocking_pull(aiter_chunks(DATA)) or (lambda: None))
+    assert whole is DATA  # one chunk: not copied

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from datetime import UTC, datetime
 from functools import partial
+from itertools import chain
 from pathlib import Path
 from typing import BinaryIO
 
@@ -212,12 +213,17 @@ class LocalStorageBackend(StorageBackend):
         """Store what ``pull`` returns, in the calling (worker) thread.
         ``checkpoint`` runs after every chunk and raises once the caller is
         cancelled; the temporary file is then removed."""
+        first = pull()
+        second = pull() if first is not None else None
+        if second is None:  # one chunk at most: no thread for the hash
+            with _translate_os_errors("write", location):
+                return self._put_whole(first or b"", location)
         digest = Sha256Digest()
         with _translate_os_errors("create a temporary file for", location):
             file, temp = self._open_temp()
         try:
             with HashingThread(digest) as hasher:
-                while (chunk := pull()) is not None:
+                for chunk in chain((first, second), iter(pull, None)):
                     hasher.update(chunk)
                     with _translate_os_errors("write", location):
                         _write_all(file, chunk)
@@ -342,9 +348,9 @@ class LocalStorageBackend(StorageBackend):
         location = validate_location(key)
         pull = blocking_pull(chunks)
         if pull is not None:
-            # A sync source (a file): read, hash and write it all in one
-            # worker thread, like a plain copy loop, with no hand-off to the
-            # event loop per chunk.
+            # A sync file or bytes in memory: read, hash and write it all in
+            # one worker thread, like a plain copy loop, with no hand-off to
+            # the event loop per chunk.
             return await run_stoppable(partial(self._put_pulled, pull, location))
         # Read up to two chunks first: an object that fits in one chunk (most
         # uploads) is written, hashed and renamed in a single worker-thread

@@ -190,14 +190,23 @@ async def test_256_mib_upload_keeps_memory_bounded(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("size", [10, 3 << 20])  # one-chunk and streamed writes
-async def test_writes_cannot_follow_a_symlinked_directory(tmp_path: Path, size: int) -> None:
+@pytest.mark.parametrize("in_chunks", [False, True], ids=["bytes", "async-chunks"])
+async def test_writes_cannot_follow_a_symlinked_directory(
+    tmp_path: Path, size: int, in_chunks: bool
+) -> None:
     root, outside = tmp_path / "root", tmp_path / "outside"
     await anyio.Path(outside).mkdir()
     await anyio.Path(root / "docs").mkdir(parents=True)
     await anyio.Path(root / "docs" / "m").symlink_to(outside)
     manager = make_manager(root)
+    data = b"x" * size
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, size, 1 << 20):
+            yield data[start : start + (1 << 20)]
+
     with pytest.raises(InvalidLocationError, match="symlink"):
-        await put_stream(manager, b"x" * size)
+        await put_stream(manager, chunks() if in_chunks else data)
     assert await anyio.to_thread.run_sync(files_under, outside) == []
     assert await anyio.to_thread.run_sync(files_under, root / TEMP_DIR_NAME) == []
 
