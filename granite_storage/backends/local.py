@@ -214,8 +214,7 @@ class LocalStorageBackend(StorageBackend):
         ``checkpoint`` runs after every chunk and raises once the caller is
         cancelled; the temporary file is then removed."""
         first = pull()
-        second = pull() if first is not None else None
-        if second is None:  # one chunk at most: no thread for the hash
+        if first is None or (second := pull()) is None:  # one chunk at most: no hash thread
             with _translate_os_errors("write", location):
                 return self._put_whole(first or b"", location)
         digest = Sha256Digest()
