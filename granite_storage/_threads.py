@@ -7,7 +7,10 @@ moves on at once and the thread runs on, abandoned, to its end. For a job
 that writes a file for seconds, that would leave a file behind after the
 caller was told the upload was cancelled. :func:`run_stoppable` closes the
 gap: the job calls its ``checkpoint`` between steps, and a cancelled caller
-waits (shielded) until the job has stopped and cleaned up.
+waits (shielded) until the job has stopped and cleaned up. The price: a job
+blocked in a call that does not return (a read of a pipe nobody writes to)
+holds its cancelled caller until the call returns, as anyio does for any
+worker thread it was not told to abandon.
 """
 
 from __future__ import annotations
@@ -33,16 +36,26 @@ class _Stopped(BaseException):
 
 
 class _JobState:
+    """The hand-shake between a job's thread and its caller, without a
+    condition variable: each side sets its flag, then reads the other's (the
+    GIL orders them), so either the caller sees ``started`` and waits on
+    ``running``, or the thread sees ``stopped`` and never runs the job."""
+
+    __slots__ = ("running", "started", "stopped")
+
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.running = threading.Lock()  # held by the thread while the job runs
         self.started = False
         self.stopped = False
-        self.finished = threading.Event()
 
     def checkpoint(self) -> None:
         if self.stopped:
             raise _Stopped
         anyio.from_thread.check_cancelled()
+
+    def wait_until_ended(self) -> None:
+        with self.running:
+            pass
 
 
 async def run_stoppable(job: Callable[[Checkpoint], T]) -> T:
@@ -55,22 +68,17 @@ async def run_stoppable(job: Callable[[Checkpoint], T]) -> T:
     state = _JobState()
 
     def target() -> T:
-        with state.lock:
+        with state.running:
+            state.started = True
             if state.stopped:  # cancelled before the thread picked it up
                 raise _Stopped
-            state.started = True
-        try:
             return job(state.checkpoint)
-        finally:
-            state.finished.set()
 
     try:
         return await anyio.to_thread.run_sync(target)
     except BaseException:
-        with state.lock:
-            state.stopped = True
-            running = state.started and not state.finished.is_set()
-        if running:
+        state.stopped = True
+        if state.started and state.running.locked():  # not ended: still copying
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(state.finished.wait)
+                await anyio.to_thread.run_sync(state.wait_until_ended)
         raise
