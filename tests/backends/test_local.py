@@ -311,3 +311,27 @@ async def test_uploads_work_after_the_storage_directory_was_emptied(
     await anyio.to_thread.run_sync(shutil.rmtree, tmp_path)
     ref = await put_stream(manager, source)
     assert await anyio.to_thread.run_sync(files_under, tmp_path) == [ref.location]
+
+
+async def test_a_file_copy_keeps_memory_bounded(tmp_path: Path) -> None:
+    source = tmp_path / "source.bin"
+    block = os.urandom(1 << 20)
+
+    def write_source() -> None:
+        with source.open("wb") as file:
+            for _ in range(64):
+                file.write(block)
+
+    await anyio.to_thread.run_sync(write_source)
+    manager = make_manager(tmp_path / "root")
+    file = await anyio.to_thread.run_sync(source.open, "rb")
+    tracemalloc.start()
+    try:
+        ref = await put_stream(manager, file)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        await anyio.to_thread.run_sync(file.close)
+    assert ref.size == 64 << 20
+    # a chunk being read, one being written, at most four waiting to be hashed
+    assert peak < 10 << 20, f"peak traced memory {peak / 2**20:.1f} MiB"
