@@ -15,6 +15,7 @@ worker thread it was not told to abandon.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import TypeVar
@@ -23,7 +24,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-__all__ = ["Checkpoint", "run_stoppable"]
+__all__ = ["Checkpoint", "CpuSlots", "copy_slots", "run_stoppable"]
 
 T = TypeVar("T")
 
@@ -82,3 +83,64 @@ async def run_stoppable(job: Callable[[Checkpoint], T]) -> T:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(state.wait_until_ended)
         raise
+
+
+class CpuSlots:
+    """Let at most ``slots`` threads at once into CPU-heavy steps.
+
+    Threads that copy files (writing, hashing) gain nothing from outnumbering
+    the cores; they only make every other thread, the event loop's included,
+    wait longer for one. Each copy takes a :meth:`gate` and passes it once per
+    chunk, around its write and hash hand-over (not around reads, which may
+    block on a slow source).
+    """
+
+    def __init__(self, slots: int, *, patience: float = 0.1, give_up_after: int = 3) -> None:
+        self.slots = slots
+        self.patience = patience
+        self.give_up_after = give_up_after
+        self.semaphore = threading.BoundedSemaphore(slots)
+
+    def gate(self) -> _Gate:
+        """A context manager for one copy's steps. A step that waited
+        ``patience`` seconds for a slot goes on without one; a copy whose
+        ``give_up_after`` steps in a row did so stops asking, so a holder
+        stuck in slow I/O holds the others up briefly, not chunk after chunk."""
+        return _Gate(self)
+
+    def reset(self) -> None:
+        """A fresh semaphore (in a forked child, whose copies are gone)."""
+        self.semaphore = threading.BoundedSemaphore(self.slots)
+
+
+class _Gate:
+    __slots__ = ("_acquired", "_misses", "_semaphore", "_slots")
+
+    def __init__(self, slots: CpuSlots) -> None:
+        self._slots = slots
+        self._semaphore = slots.semaphore
+        self._misses = 0
+        self._acquired = False
+
+    def __enter__(self) -> None:
+        if self._misses < self._slots.give_up_after:
+            self._acquired = self._semaphore.acquire(timeout=self._slots.patience)
+            self._misses = 0 if self._acquired else self._misses + 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._acquired:
+            self._acquired = False
+            self._semaphore.release()
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+#: One slot per two cores: a file copy keeps one core writing and one hashing.
+copy_slots = CpuSlots(max(1, _usable_cpus() // 2))
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=copy_slots.reset)

@@ -10,7 +10,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from granite_storage._threads import Checkpoint, run_stoppable
+from granite_storage._threads import Checkpoint, CpuSlots, run_stoppable
 
 
 class Job:
@@ -78,3 +78,54 @@ async def test_a_job_cancelled_before_its_thread_starts_never_runs() -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
     assert job.ended is None and not job.started.is_set()
+
+
+def test_cpu_slots_let_in_at_most_their_number_of_threads() -> None:
+    slots = CpuSlots(2, patience=10)
+    inside, most = 0, 0
+    lock = threading.Lock()
+
+    def copy() -> None:
+        nonlocal inside, most
+        gate = slots.gate()
+        for _ in range(20):
+            with gate:
+                with lock:
+                    inside += 1
+                    most = max(most, inside)
+                time.sleep(0.001)
+                with lock:
+                    inside -= 1
+
+    threads = [threading.Thread(target=copy) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most == 2
+
+
+def test_a_stuck_slot_holder_holds_the_others_up_only_briefly() -> None:
+    slots = CpuSlots(1, patience=0.02, give_up_after=3)
+    holding, release = threading.Event(), threading.Event()
+
+    def stuck() -> None:
+        with slots.gate():
+            holding.set()
+            release.wait()
+
+    thread = threading.Thread(target=stuck)
+    thread.start()
+    holding.wait()
+    try:
+        gate = slots.gate()
+        started = time.perf_counter()
+        for _ in range(50):
+            with gate:
+                pass
+        waited = time.perf_counter() - started
+    finally:
+        release.set()
+        thread.join()
+    # three waits of 20 ms, then no more asking: not 50 of them (1 s)
+    assert 0.05 < waited < 0.5

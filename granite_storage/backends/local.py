@@ -23,7 +23,7 @@ from typing import BinaryIO
 import anyio
 import anyio.to_thread
 
-from granite_storage._threads import Checkpoint, run_stoppable
+from granite_storage._threads import Checkpoint, copy_slots, run_stoppable
 from granite_storage.contracts import (
     BatchDeleteResult,
     ObjectInfo,
@@ -221,11 +221,13 @@ class LocalStorageBackend(StorageBackend):
         with _translate_os_errors("create a temporary file for", location):
             file, temp = self._open_temp()
         try:
+            gate = copy_slots.gate()
             with HashingThread(digest) as hasher:
                 for chunk in chain((first, second), iter(pull, None)):
-                    hasher.update(chunk)
-                    with _translate_os_errors("write", location):
-                        _write_all(file, chunk)
+                    with gate:  # no more copies writing and hashing at once than cores
+                        hasher.update(chunk)
+                        with _translate_os_errors("write", location):
+                            _write_all(file, chunk)
                     checkpoint()
             with _translate_os_errors("write", location):
                 self._commit(file, temp, location)

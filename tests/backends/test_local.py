@@ -19,6 +19,7 @@ import anyio
 import pytest
 
 from granite_storage import InvalidLocationError, StorageManager, StoragePolicy, StoredObjectRef
+from granite_storage._threads import CpuSlots
 from granite_storage.backends import local as local_module
 from granite_storage.backends.local import TEMP_DIR_NAME, LocalStorageBackend
 from granite_storage.errors import BackendError
@@ -335,3 +336,31 @@ async def test_a_file_copy_keeps_memory_bounded(tmp_path: Path) -> None:
     assert ref.size == 64 << 20
     # a chunk being read, one being written, at most four waiting to be hashed
     assert peak < 10 << 20, f"peak traced memory {peak / 2**20:.1f} MiB"
+
+
+async def test_concurrent_file_copies_write_one_slot_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local_module, "copy_slots", CpuSlots(1, patience=10))
+    real_write_all = local_module._write_all
+    inside, most = 0, 0
+    lock = threading.Lock()
+
+    def counting_write_all(file: object, chunk: bytes) -> None:
+        nonlocal inside, most
+        with lock:
+            inside += 1
+            most = max(most, inside)
+        time.sleep(0.001)
+        real_write_all(file, chunk)  # type: ignore[arg-type]
+        with lock:
+            inside -= 1
+
+    monkeypatch.setattr(local_module, "_write_all", counting_write_all)
+    manager = make_manager(tmp_path)
+    data = os.urandom(4 << 20)
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(put_stream, manager, io.BytesIO(data))
+    assert most == 1
+    assert len(await anyio.to_thread.run_sync(files_under, tmp_path)) == 4
