@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiofiles
@@ -245,3 +245,21 @@ async def test_bytes_in_memory_can_be_pulled_from_a_worker_thread(kind: type) ->
     assert b"".join(drain(blocking_pull(aiter_chunks(DATA)) or (lambda: None))) == DATA
     (whole,) = drain(blocking_pull(aiter_chunks(DATA)) or (lambda: None))
     assert whole is DATA  # one chunk: not copied
+
+
+class AwaitableRead:
+    """``read`` is a plain method that returns an awaitable (as wrappers and
+    mocks of async files do): it is awaited, on either path."""
+
+    def __init__(self, data: bytes) -> None:
+        self._inner = AsyncReader(data)
+
+    def read(self, size: int = -1) -> Awaitable[bytes]:
+        return self._inner.read(size)
+
+
+async def test_a_read_that_returns_an_awaitable_is_awaited_on_both_paths() -> None:
+    assert b"".join(await collect(aiter_chunks(AwaitableRead(DATA), chunk_size=4096))) == DATA
+    pull = blocking_pull(aiter_chunks(AwaitableRead(DATA), chunk_size=4096))
+    assert pull is not None
+    assert b"".join(await anyio.to_thread.run_sync(drain, pull)) == DATA
