@@ -184,27 +184,25 @@ class _SyncReadChunks:
             result = await anyio.to_thread.run_sync(self._read, self._chunk_size)
         if inspect.isawaitable(result):  # a read() that is async without being a coroutine function
             result = await result
-        return _chunk_or_stop(result)
+        chunk = _chunk_or_none(result)
+        if chunk is None:
+            raise StopAsyncIteration
+        return chunk
 
     def _pull(self) -> bytes | None:
         result = self._read(self._chunk_size)
         if inspect.isawaitable(result):
             result = anyio.from_thread.run(_await, result)
-        try:
-            return _chunk_or_stop(result)
-        except StopAsyncIteration:
-            return None
+        return _chunk_or_none(result)
 
 
 async def _await(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
 
 
-def _chunk_or_stop(result: object) -> bytes:
-    chunk = _as_bytes(result) if result is not None else b""
-    if not chunk:
-        raise StopAsyncIteration
-    return chunk
+def _chunk_or_none(result: object) -> bytes | None:
+    """The chunk a ``read`` returned, or ``None`` at the end (``b""`` or ``None``)."""
+    return (_as_bytes(result) or None) if result is not None else None
 
 
 async def _from_sequence(chunks: list[Any] | tuple[Any, ...]) -> AsyncIterator[bytes]:
