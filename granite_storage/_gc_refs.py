@@ -10,9 +10,8 @@ thread, and the event loop never waits on a blocking driver.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterable
 from typing import Any, TypeAlias
 
 import anyio
@@ -20,6 +19,7 @@ import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 
+from granite_storage._concurrency import aclose_quietly, closing
 from granite_storage.errors import ConfigurationError
 from granite_storage.refs import StoredObjectRef
 
@@ -146,7 +146,7 @@ async def _aread_async(
                 # listing or hide a cancellation.
                 await anyio.lowlevel.checkpoint()
     finally:
-        await _aclose_quietly(iterator)
+        await aclose_quietly(iterator)
 
 
 def _read_sync(
@@ -154,26 +154,9 @@ def _read_sync(
 ) -> None:
     """Runs in one worker thread from the first item to the last."""
     iterator = iter(iterable)
-    with _closing_if_possible(iterator):
+    with closing(iterator):
         for count, ref in enumerate(iterator, 1):
             index.add(ref)
             if count % REFERENCE_BATCH == 0:
                 anyio.from_thread.check_cancelled()
                 anyio.from_thread.run_sync(on_batch)
-
-
-@contextlib.contextmanager
-def _closing_if_possible(iterator: Iterator[Any]) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        close = getattr(iterator, "close", None)
-        if callable(close):
-            close()
-
-
-async def _aclose_quietly(iterator: AsyncIterator[Any]) -> None:
-    aclose = getattr(iterator, "aclose", None)
-    if callable(aclose):
-        with anyio.CancelScope(shield=True):
-            await aclose()

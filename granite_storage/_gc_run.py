@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from granite_storage._concurrency import aclose_quietly
 from granite_storage._gc_refs import ReferenceIndex, ReferenceSource, aread_references
 from granite_storage._gc_report import (
     ORPHAN_SAMPLE_SIZE,
@@ -159,7 +160,7 @@ class CollectionRun:
             except Exception as exc:
                 self.listing_error = exc
             finally:
-                await _aclose(objects)
+                await aclose_quietly(objects)
 
     async def _asweep(self, receive: MemoryObjectReceiveStream[list[ObjectInfo]]) -> None:
         """Stream the listing against the references; delete old orphans in batches."""
@@ -282,10 +283,3 @@ class CollectionRun:
                 elapsed=time.monotonic() - self.started,
             )
         )
-
-
-async def _aclose(iterator: AsyncIterator[ObjectInfo]) -> None:
-    aclose = getattr(iterator, "aclose", None)
-    if callable(aclose):
-        with anyio.CancelScope(shield=True):
-            await aclose()

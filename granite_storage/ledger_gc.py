@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from granite_storage._gc_refs import ReferenceSource
 from granite_storage._gc_report import ORPHAN_SAMPLE_SIZE, GarbageCollectionReport, cap_reason
 from granite_storage._gc_run import CollectionRun, RunOptions
+from granite_storage._util import as_utc
 from granite_storage.contracts import BatchDeleteResult, StorageBackend
 from granite_storage.errors import ConfigurationError
 from granite_storage.gc import (
@@ -43,7 +44,6 @@ from granite_storage.gc import (
     check_min_age,
     check_separable,
 )
-from granite_storage.integrations.sqlalchemy._ledger_schema import as_utc
 from granite_storage.integrations.sqlalchemy._ledger_sweep import (
     LockUnavailableError,
     Won,

@@ -11,6 +11,7 @@ from typing import Any, Self
 import anyio
 import anyio.to_thread
 
+from granite_storage._concurrency import aclose_quietly
 from granite_storage.contracts import BytesReader, ObjectReader, PresignedUpload, StorageBackend
 from granite_storage.errors import ConfigurationError, ContentTooLargeError, InvalidLocationError
 from granite_storage.http import content_disposition
@@ -22,7 +23,6 @@ from granite_storage.streams import (
     ByteSource,
     Sha256Digest,
     SizeLimiter,
-    aclose_iterator,
     acoalesce,
     aiter_chunks,
     check_size_limit,
@@ -237,7 +237,7 @@ class StorageManager:
             )
         finally:
             with anyio.CancelScope(shield=True):
-                await aclose_iterator(chunks)
+                await aclose_quietly(chunks)
         merged_extra = {**(result.extra or {}), **(extra or {})} or None
         return StoredObjectRef(
             storage_key=storage_key,

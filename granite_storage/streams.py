@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 import anyio.from_thread
 import anyio.to_thread
 
+from granite_storage._concurrency import aclose_quietly, aiter_in_thread
 from granite_storage.errors import ContentTooLargeError
 
 __all__ = [
@@ -30,7 +31,6 @@ __all__ = [
     "Sha256Digest",
     "SizeLimiter",
     "SyncReadable",
-    "aclose_iterator",
     "acoalesce",
     "aiter_chunks",
     "blocking_pull",
@@ -210,11 +210,8 @@ async def _from_sequence(chunks: list[Any] | tuple[Any, ...]) -> AsyncIterator[b
         yield _as_bytes(chunk)
 
 
-_DONE = object()
-
-
 async def _from_iterator(iterator: Any) -> AsyncIterator[bytes]:
-    while (chunk := await anyio.to_thread.run_sync(next, iterator, _DONE)) is not _DONE:
+    async for chunk in aiter_in_thread(iterator):
         yield _as_bytes(chunk)
 
 
@@ -230,14 +227,7 @@ async def _split(chunks: AsyncIterator[Any], chunk_size: int) -> AsyncIterator[b
             for start in range(0, len(chunk), chunk_size):
                 yield bytes(view[start : start + chunk_size])
     finally:
-        await aclose_iterator(chunks)
-
-
-async def aclose_iterator(iterator: object) -> None:
-    """Close an async iterator that has an ``aclose`` method (async generators)."""
-    aclose = getattr(iterator, "aclose", None)
-    if aclose is not None:
-        await aclose()
+        await aclose_quietly(chunks)
 
 
 def blocking_pull(chunks: AsyncIterator[bytes]) -> BlockingPull | None:
@@ -316,7 +306,7 @@ class Coalescer:
         return chunk
 
     async def aclose(self) -> None:
-        await aclose_iterator(self._chunks)
+        await aclose_quietly(self._chunks)
 
 
 def check_size_limit(total: int, max_size: int | None) -> None:
@@ -363,7 +353,7 @@ class SizeLimiter:
         return chunk
 
     async def aclose(self) -> None:
-        await aclose_iterator(self._chunks)
+        await aclose_quietly(self._chunks)
 
 
 class Sha256Digest:

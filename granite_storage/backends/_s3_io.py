@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -31,7 +30,7 @@ from granite_storage.errors import (
 from granite_storage.locations import validate_location
 from granite_storage.refs import StoredObjectRef
 
-__all__ = ["S3Reader", "as_utc", "error_code", "is_not_found", "is_valid_location", "s3_errors"]
+__all__ = ["S3Reader", "error_code", "is_not_found", "is_valid_location", "s3_errors"]
 
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _ACCESS_CODES = frozenset(
@@ -74,13 +73,6 @@ def s3_errors(action: str, bucket: str, location: str | None = None) -> Iterator
         ) from exc
     except (BotoCoreError, aiohttp.ClientError) as exc:
         raise BackendError(f"S3 could not {action} {what}: {exc}") from exc
-
-
-def as_utc(value: datetime) -> datetime:
-    """``value`` as an aware UTC datetime (naive values are taken as UTC)."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
 
 
 def is_valid_location(location: str) -> bool:

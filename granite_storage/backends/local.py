@@ -23,7 +23,8 @@ from typing import BinaryIO
 import anyio
 import anyio.to_thread
 
-from granite_storage._threads import Checkpoint, copy_slots, run_stoppable
+from granite_storage._concurrency import Checkpoint, copy_slots, run_stoppable
+from granite_storage._util import batched
 from granite_storage.contracts import (
     BatchDeleteResult,
     ObjectInfo,
@@ -272,7 +273,7 @@ class LocalStorageBackend(StorageBackend):
                 break
             parent = os.path.dirname(parent)
 
-    def _delete_batch(self, locations: list[str]) -> BatchDeleteResult:
+    def _delete_batch(self, locations: Sequence[str]) -> BatchDeleteResult:
         """Delete ``locations`` (already validated) in the calling thread."""
         result = BatchDeleteResult()
         for location in locations:
@@ -411,7 +412,7 @@ class LocalStorageBackend(StorageBackend):
                 valid.append(validate_location(location))
             except InvalidLocationError as exc:
                 result.failed[location] = f"{type(exc).__name__}: {exc}"
-        batches = iter([valid[i : i + _DELETE_BATCH] for i in range(0, len(valid), _DELETE_BATCH)])
+        batches = iter(batched(valid, _DELETE_BATCH))
 
         async def worker() -> None:
             for batch in batches:

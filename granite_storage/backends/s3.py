@@ -30,9 +30,9 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "pip install 'granite-storage[s3]'"
     ) from exc
 
+from granite_storage._util import as_utc, batched
 from granite_storage.backends._s3_io import (
     S3Reader,
-    as_utc,
     error_code,
     is_not_found,
     is_valid_location,
@@ -405,15 +405,12 @@ class S3StorageBackend(StorageBackend):
             except InvalidLocationError as exc:
                 result.failed[location] = f"InvalidLocationError: {exc}"
         keys = list(by_key)
-        batches = [
-            keys[i : i + self.delete_batch_size]
-            for i in range(0, len(keys), self.delete_batch_size)
-        ]
+        batches = batched(keys, self.delete_batch_size)
         if not batches:
             return result
         limiter = anyio.CapacityLimiter(self.max_concurrency)
 
-        async def delete_batch(batch: list[str]) -> None:
+        async def delete_batch(batch: Sequence[str]) -> None:
             async with limiter:
                 try:
                     client = await self.aget_client()

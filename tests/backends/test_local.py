@@ -19,7 +19,7 @@ import anyio
 import pytest
 
 from granite_storage import InvalidLocationError, StorageManager, StoragePolicy, StoredObjectRef
-from granite_storage._threads import CpuSlots
+from granite_storage._concurrency import CpuSlots
 from granite_storage.backends import local as local_module
 from granite_storage.backends.local import TEMP_DIR_NAME, LocalStorageBackend
 from granite_storage.errors import BackendError

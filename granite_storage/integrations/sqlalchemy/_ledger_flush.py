@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, select, update
 from sqlalchemy.orm import ColumnProperty, Mapper, PassiveFlag, UOWTransaction
 
+from granite_storage._util import batched
 from granite_storage.integrations.sqlalchemy._ledger_schema import (
     LedgerConflictError,
     LedgerState,
@@ -36,8 +37,6 @@ from granite_storage.integrations.sqlalchemy.types import StoredObjectRefType
 from granite_storage.refs import StoredObjectRef
 
 __all__ = ["protect_and_release", "ref_changes"]
-
-_IN_BATCH = 500
 
 
 def ref_changes(flush_context: UOWTransaction) -> dict[Mapper[Any], tuple[set[str], set[str]]]:
@@ -70,14 +69,14 @@ def protect_and_release(
     :raises LedgerConflictError: if a location in ``added`` is being deleted.
     """
     released = sorted(removed - added)
-    for batch in _batches(released):
+    for batch in batched(released):
         conn.execute(
             update(table)
             .where(table.c.location.in_(batch), table.c.state == LedgerState.LIVE.value)
             .values(state=LedgerState.RELEASED.value, updated_at=now)
         )
     wanted = sorted(added)
-    for batch in _batches(wanted):
+    for batch in batched(wanted):
         touched = set(
             conn.execute(
                 update(table)
@@ -130,7 +129,3 @@ def _locations(*groups: Iterable[Any] | None) -> set[str]:
             if isinstance(ref, StoredObjectRef) and ref.location:
                 found.add(ref.location)
     return found
-
-
-def _batches(items: list[str]) -> list[list[str]]:
-    return [items[i : i + _IN_BATCH] for i in range(0, len(items), _IN_BATCH)]

@@ -5,7 +5,6 @@ See :mod:`granite_storage.integrations.sqlalchemy.ledger` for the protocol.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from enum import StrEnum
 
 from sqlalchemy import (
@@ -26,7 +25,6 @@ __all__ = [
     "LEDGER_TABLE_NAME",
     "LedgerConflictError",
     "LedgerState",
-    "as_utc",
     "ledger_table",
 ]
 
@@ -97,13 +95,3 @@ def ledger_table(metadata: MetaData, name: str = LEDGER_TABLE_NAME) -> Table:
         CheckConstraint(f"state IN ({states})", name=f"ck_{name}_state"),
         Index(f"ix_{name}_candidates", "storage_key", "state", "updated_at"),
     )
-
-
-def as_utc(value: datetime) -> datetime:
-    """``value`` in UTC, timezone-aware (SQLite stores naive UTC timestamps).
-
-    :raises ValueError: if ``value`` is naive (a clock must return aware times).
-    """
-    if value.tzinfo is None:
-        raise ValueError(f"the ledger's clock must return an aware datetime, got {value!r}")
-    return value.astimezone(UTC)

@@ -41,6 +41,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from granite_storage._util import batched
 from granite_storage.errors import ConfigurationError
 from granite_storage.integrations.sqlalchemy._ledger_schema import LedgerState
 from granite_storage.integrations.sqlalchemy.events import referenced_locations_statements
@@ -61,7 +62,6 @@ T = TypeVar("T")
 
 #: The states a listing-free collection looks at (once older than its cutoff).
 CANDIDATE_STATES = (LedgerState.INTENT, LedgerState.RELEASED, LedgerState.DELETING)
-_IN_BATCH = 500
 _LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL: lock_timeout expired
 
 
@@ -177,7 +177,7 @@ def _keep_referenced(
     referenced: set[str] = set()
     for statement in referenced_locations_statements(metadata, sorted(won.deleting)):
         referenced.update(conn.execute(statement).scalars())
-    for batch in _batches(sorted(referenced)):
+    for batch in batched(sorted(referenced)):
         conn.execute(
             update(table)
             .where(table.c.location.in_(batch))
@@ -239,13 +239,13 @@ def win_locations(
     wanted = sorted(locations)
     won = Won()
     with win_transaction(conn, lock_wait):
-        for batch in _batches(wanted):
+        for batch in batched(wanted):
             won.deleting.update(
                 _take(conn, table, [table.c.location.in_(batch)], limit=None, stamp=stamp)
             )
         rest = [location for location in wanted if location not in won.deleting]
         present: set[str] = set()
-        for batch in _batches(rest):
+        for batch in batched(rest):
             query = select(table.c.location).where(table.c.location.in_(batch))
             present.update(conn.execute(query).scalars())
         won.skipped = [location for location in rest if location in present]
@@ -312,7 +312,7 @@ def _insert_ignoring_conflicts(conn: Connection, table: Table) -> Any:
 def forget(conn: Connection, table: Table, locations: Sequence[str]) -> None:
     """Delete the rows of objects that were deleted (only rows in ``deleting``)."""
     with conn.begin():
-        for batch in _batches(sorted(locations)):
+        for batch in batched(sorted(locations)):
             conn.execute(
                 delete(table).where(
                     table.c.location.in_(batch), table.c.state == LedgerState.DELETING.value
@@ -352,7 +352,3 @@ def sample_candidates(
     )
     with conn.begin():
         return list(conn.execute(query).scalars())
-
-
-def _batches(items: Sequence[str]) -> list[Sequence[str]]:
-    return [items[i : i + _IN_BATCH] for i in range(0, len(items), _IN_BATCH)]

@@ -67,6 +67,7 @@ from sqlalchemy import JSON, CompoundSelect, Engine, MetaData, bindparam, event,
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
+from granite_storage._util import batched
 from granite_storage.integrations.sqlalchemy.types import stored_ref_columns
 from granite_storage.manager import StorageManager
 from granite_storage.refs import StoredObjectRef
@@ -88,7 +89,6 @@ logger = logging.getLogger("granite_storage")
 
 _INFO_KEY = "granite_storage.pending_objects"
 # Locations per IN (...) list of the reference check.
-_CHECK_BATCH = 500
 
 _Pending: TypeAlias = "asyncio.Future[None] | concurrent.futures.Future[None]"
 
@@ -365,7 +365,7 @@ def referenced_locations_statements(
     columns = stored_ref_columns(metadata)
     if not columns or not locations:
         return []
-    batches = [locations[i : i + _CHECK_BATCH] for i in range(0, len(locations), _CHECK_BATCH)]
+    batches = batched(locations)
     # The JSON path is rendered as a literal, so that the expression matches an
     # index on ``col ->> 'location'`` (SQLite cannot match a bound path, and a
     # generic PostgreSQL plan neither).

@@ -34,6 +34,7 @@ from sqlalchemy import Connection, Engine, MetaData, Table, event, insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Mapper, Session, UOWTransaction
 
+from granite_storage._util import as_utc
 from granite_storage.errors import ConfigurationError
 from granite_storage.integrations.sqlalchemy._ledger_flush import (
     protect_and_release,
@@ -43,7 +44,6 @@ from granite_storage.integrations.sqlalchemy._ledger_schema import (
     LEDGER_TABLE_NAME,
     LedgerConflictError,
     LedgerState,
-    as_utc,
     ledger_table,
 )
 from granite_storage.integrations.sqlalchemy._ledger_sweep import (

@@ -1,4 +1,13 @@
-"""Long blocking jobs in a worker thread that stop when their caller is cancelled.
+"""Every bridge between the event loop and worker threads, in one place.
+
+- :func:`aiter_in_thread`: a sync iterator, each ``next`` in a worker thread.
+- :func:`aclose_quietly` and :func:`closing`: close an (async) iterator that
+  can be closed, whatever it is, shielded from cancellation.
+- :func:`run_stoppable`: a long blocking job that stops when its caller is
+  cancelled, and :data:`copy_slots`, which keeps file copies from
+  outnumbering the cores.
+
+Long blocking jobs in a worker thread that stop when their caller is cancelled:
 
 ``anyio.to_thread.run_sync`` lets a job see an anyio cancellation through
 ``anyio.from_thread.check_cancelled()``. A native asyncio cancellation
@@ -15,21 +24,51 @@ worker thread it was not told to abandon.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar
 
 import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-__all__ = ["Checkpoint", "CpuSlots", "copy_slots", "run_stoppable"]
-
 T = TypeVar("T")
 
 #: Called by a job between steps; raises if its caller was cancelled.
 Checkpoint = Callable[[], None]
+
+
+_DONE: Any = object()
+
+
+async def aiter_in_thread(iterator: Iterator[T]) -> AsyncIterator[T]:
+    """Items of a sync iterator, each ``next`` called in a worker thread, so
+    a blocking source (a file, a generator that reads a socket) never holds
+    the event loop."""
+    while (item := await anyio.to_thread.run_sync(next, iterator, _DONE)) is not _DONE:
+        yield item
+
+
+async def aclose_quietly(iterator: object) -> None:
+    """Call ``iterator.aclose()`` if it has one (async generators do),
+    shielded, so a cancelled caller still releases what the iterator holds."""
+    aclose = getattr(iterator, "aclose", None)
+    if callable(aclose):
+        with anyio.CancelScope(shield=True):
+            await aclose()
+
+
+@contextlib.contextmanager
+def closing(iterator: object) -> Iterator[None]:
+    """Call ``iterator.close()`` on the way out if it has one (generators do)."""
+    try:
+        yield
+    finally:
+        close = getattr(iterator, "close", None)
+        if callable(close):
+            close()
 
 
 class _Stopped(BaseException):

@@ -10,7 +10,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from granite_storage._threads import Checkpoint, CpuSlots, run_stoppable
+from granite_storage._concurrency import Checkpoint, CpuSlots, run_stoppable
 
 
 class Job:
