@@ -1,22 +1,10 @@
-"""What a garbage collection found and did: the report and the progress snapshots.
-
-Public names are re-exported by :mod:`granite_storage.gc`.
-"""
+"""What a garbage collection found and did: the report and the progress snapshots."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
-
-__all__ = [
-    "MAX_FAILURES_KEPT",
-    "ORPHAN_SAMPLE_SIZE",
-    "GarbageCollectionProgress",
-    "GarbageCollectionReport",
-    "Phase",
-    "cap_reason",
-]
 
 #: How many ``(location, reason)`` pairs a report keeps; ``failed`` counts them all.
 MAX_FAILURES_KEPT = 100
@@ -47,7 +35,8 @@ class GarbageCollectionReport:
     ``orphaned == skipped_too_young + eligible`` and, unless it was a dry run,
     ``eligible == deleted + failed + skipped_in_use`` (a leftover cleanup
     that fails also counts one failure; ``skipped_in_use`` is 0 except for
-    the object ledger's strict collections, see ``granite_storage.ledger_gc``).
+    the object ledger's strict collections, see
+    ``granite_storage.integrations.sqlalchemy.LedgerGarbageCollector``).
     """
 
     scanned: int = 0
@@ -206,8 +195,3 @@ def _human_duration(delta: timedelta) -> str:
         if seconds % size == 0:
             return f"{seconds // size} {unit}"
     return f"{seconds} s"
-
-
-def cap_reason(cap: int) -> str:
-    """The report's ``stop_reason`` when a run stopped at its deletion cap."""
-    return f"reached max_deletions={cap}; more orphans remain"
