@@ -36,12 +36,12 @@ class BaseCollector(ABC):
     def __init__(
         self,
         manager: StorageManager,
-        *,
         min_age: timedelta,
         max_deletions: int | None,
         batch_size: int,
         cleanup_leftovers: bool,
         clock: Callable[[], datetime] | None,
+        /,
     ) -> None:
         self.min_age = check_min_age(min_age)
         self.max_deletions = check_max_deletions(max_deletions)
@@ -160,14 +160,7 @@ class StorageGarbageCollector(BaseCollector):
         progress_every: int = 10_000,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
-        super().__init__(
-            manager,
-            min_age=min_age,
-            max_deletions=max_deletions,
-            batch_size=batch_size,
-            cleanup_leftovers=cleanup_leftovers,
-            clock=clock,
-        )
+        super().__init__(manager, min_age, max_deletions, batch_size, cleanup_leftovers, clock)
         for name, value in (
             ("delete_concurrency", delete_concurrency),
             ("listing_buffer", listing_buffer),

@@ -112,14 +112,7 @@ class LedgerGarbageCollector(BaseCollector):
         cleanup_leftovers: bool = False,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
-        super().__init__(
-            manager,
-            min_age=min_age,
-            max_deletions=max_deletions,
-            batch_size=batch_size,
-            cleanup_leftovers=cleanup_leftovers,
-            clock=clock,
-        )
+        super().__init__(manager, min_age, max_deletions, batch_size, cleanup_leftovers, clock)
         if not stored_ref_columns(reference_metadata):
             raise ConfigurationError(
                 "reference_metadata has no StoredObjectRefType column, so the collector could "
