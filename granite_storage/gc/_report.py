@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -87,30 +87,14 @@ class GarbageCollectionReport:
         return self.failed == 0
 
     def to_dict(self) -> dict[str, Any]:
-        """The report as JSON-compatible values (for job results and ``--json``)."""
-        return {
-            "storage_key": self.storage_key,
-            "key_prefix": self.key_prefix,
-            "dry_run": self.dry_run,
-            "scanned": self.scanned,
-            "referenced": self.referenced,
-            "orphaned": self.orphaned,
-            "deleted": self.deleted,
-            "references_read": self.references_read,
-            "skipped_too_young": self.skipped_too_young,
-            "eligible": self.eligible,
-            "failed": self.failed,
-            "failures": [[location, reason] for location, reason in self.failures],
-            "skipped_in_use": self.skipped_in_use,
-            "bytes_freed": self.bytes_freed,
-            "leftovers_removed": self.leftovers_removed,
-            "duration": self.duration,
-            "min_age_seconds": self.min_age.total_seconds(),
-            "cutoff": self.cutoff.isoformat() if self.cutoff else None,
-            "stopped_early": self.stopped_early,
-            "stop_reason": self.stop_reason,
-            "orphan_sample": list(self.orphan_sample),
-        }
+        """The report as JSON-compatible values (for job results and ``--json``):
+        every field, with ``min_age`` as ``min_age_seconds`` and ``cutoff`` in ISO 8601."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["min_age_seconds"] = data.pop("min_age").total_seconds()
+        data["cutoff"] = self.cutoff.isoformat() if self.cutoff else None
+        data["failures"] = [[location, reason] for location, reason in self.failures]
+        data["orphan_sample"] = list(self.orphan_sample)
+        return data
 
     def __str__(self) -> str:
         prefix = repr(self.key_prefix) if self.key_prefix else "(none: the whole backend)"

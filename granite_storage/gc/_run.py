@@ -85,12 +85,9 @@ class CollectionRun:
 
     def __init__(self, options: RunOptions, plan: Plan) -> None:
         self.options = options
-        self.policy = plan.policy
-        self.backend = plan.backend
+        self.policy, self.backend, self.cutoff = plan.policy, plan.backend, plan.cutoff
         self.max_deletions = plan.max_deletions
         self.started = time.monotonic()
-        # Fixed before any reference is read: see granite_storage.gc.
-        self.cutoff = plan.cutoff
         self.report = plan.new_report()
         self.index = ReferenceIndex(
             storage_key=plan.policy.storage_key, key_prefix=plan.policy.key_prefix

@@ -1,25 +1,4 @@
-"""Strict garbage collection with the object ledger: listing-free runs, and a
-listing audit.
-
-:meth:`LedgerGarbageCollector.acollect` never lists the backend. Its
-candidates come from the ledger (an index range scan): ``intent`` rows (an
-upload whose transaction rolled back, or whose process died), ``released``
-rows (a ref replaced, cleared or deleted) and ``deleting`` rows (a run that
-stopped half-way), last changed before ``now - min_age``. Each batch is *won*
-in one short transaction (PostgreSQL: ``FOR UPDATE SKIP LOCKED``, READ
-COMMITTED; SQLite: ``BEGIN IMMEDIATE``), checked against every ref column of
-the application's ``MetaData``, and committed as ``deleting``; then the
-objects are deleted (``adelete_many``), then their rows. A row that an open
-transaction holds is skipped whatever its age: a slow transaction never loses
-its upload. A run costs O(candidates) queries and requests.
-
-:meth:`LedgerGarbageCollector.aaudit` is the periodic listing audit: the
-plain collector's run (listing plus every reference), except that each orphan
-is won through the ledger before it is deleted. It also catches objects the
-ledger never knew (written outside the library, or before the ledger existed).
-
-See ``docs/ledger.md`` for the protocol and why it is safe.
-"""
+"""The object ledger's collector: listing-free runs from the ledger, and a listing audit."""
 
 from __future__ import annotations
 
@@ -61,8 +40,19 @@ logger = logging.getLogger("granite_storage.gc")
 class LedgerGarbageCollector(BaseCollector):
     """Deletes the orphans of a policy strictly, finding them in the ledger.
 
-    :meth:`acollect` never lists the backend. Its report counts: ``scanned``,
-    the candidate rows (intent, released or deleting); ``skipped_too_young``,
+    :meth:`acollect` never lists the backend. Its candidates come from the
+    ledger (an index range scan): ``intent`` rows (an upload whose transaction
+    rolled back, or whose process died), ``released`` rows (a ref replaced,
+    cleared or deleted) and ``deleting`` rows (a run that stopped half-way),
+    last changed before ``now - min_age``. Each batch is *won* in one short
+    transaction (PostgreSQL: ``FOR UPDATE SKIP LOCKED``, READ COMMITTED;
+    SQLite: ``BEGIN IMMEDIATE``), checked against every ref column of the
+    application's ``MetaData``, and committed as ``deleting``; then the
+    objects are deleted (``adelete_many``), then their rows. A row that an
+    open transaction holds is skipped whatever its age: a slow transaction
+    never loses its upload. A run costs O(candidates) queries and requests.
+
+    Its report counts: ``scanned``, the candidate rows; ``skipped_too_young``,
     those changed within ``min_age``; ``eligible``, the older ones, each
     ``deleted``, ``failed`` or ``skipped_in_use`` (held by an open
     transaction, or still referenced: those are also counted in
@@ -71,6 +61,13 @@ class LedgerGarbageCollector(BaseCollector):
     than PostgreSQL and SQLite, and ``sqlalchemy.exc.SQLAlchemyError`` if the
     database fails; rows already won stay ``deleting`` and the next run
     finishes them.
+
+    :meth:`aaudit` is the periodic listing audit: the plain collector's run
+    (listing plus every reference), except that each orphan is won through the
+    ledger before it is deleted. It also catches objects the ledger never knew
+    (written outside the library, or before the ledger existed).
+
+    See ``docs/ledger.md`` for the protocol and why it is safe.
 
     :param manager: the manager whose policies and backends are collected.
     :param ledger: the ledger the models were configured with.
@@ -249,7 +246,7 @@ class LedgerGarbageCollector(BaseCollector):
         source = iter_references or (lambda: iter_metadata_storage_refs(bind, metadata))
         backend = plan.backend
 
-        async def delete_batch(locations: list[str]) -> BatchDeleteResult:
+        async def adelete_batch(locations: list[str]) -> BatchDeleteResult:
             wanted = dict.fromkeys(locations, (storage_key, backend.backend_name))
             try:
                 won = await arun_on_connection(
@@ -276,7 +273,7 @@ class LedgerGarbageCollector(BaseCollector):
             iter_references=source,
             batch_size=self.batch_size,
             delete_concurrency=1,
-            delete_batch=delete_batch,
+            delete_batch=adelete_batch,
         )
         audit = await CollectionRun(options, plan).arun()
         logger.info("%s", audit)
