@@ -52,6 +52,7 @@ from granite_storage.integrations.sqlalchemy import iter_metadata_storage_refs
 REDIS_ENV = "REDIS_URL"
 
 
+# --8<-- [start:worker]
 async def startup(ctx: dict[str, Any]) -> None:
     """Put the manager and the reference source into the worker context."""
     engine = create_async_engine(os.environ.get(DATABASE_ENV, "sqlite+aiosqlite:///./var/app.db"))
@@ -84,6 +85,9 @@ class WorkerSettings:
     on_startup = startup
     on_shutdown = shutdown
     redis_settings = RedisSettings.from_dsn(os.environ.get(REDIS_ENV, "redis://localhost:6379/0"))
+
+
+# --8<-- [end:worker]
 
 
 async def ademo(redis_url: str) -> None:
