@@ -47,7 +47,7 @@ SCENARIOS = [
     Scenario("gc-local", "GC of local objects", "benchmarks.gc_local:run",
              ("granite_storage.gc",)),
     Scenario("ledger", "GC with the object ledger", "benchmarks.ledger:run",
-             ("granite_storage.ledger_gc",)),
+             ("granite_storage.integrations.sqlalchemy",)),
     Scenario("gc-s3", "GC of S3 objects", "benchmarks.gc_s3:run",
              ("granite_storage.gc", "granite_storage.backends.s3")),
     Scenario("fastapi", "FastAPI streaming upload", "benchmarks.fastapi_upload:run",

@@ -73,7 +73,7 @@ def _check_deleted(deleted: int) -> None:
 async def _collector(root: str, db: str) -> Any:
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from granite_storage.ledger_gc import LedgerGarbageCollector
+    from granite_storage.integrations.sqlalchemy import LedgerGarbageCollector
 
     metadata, _, ledger = _schema()
     engine = create_async_engine(f"sqlite+aiosqlite:///{db}")

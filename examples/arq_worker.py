@@ -1,11 +1,13 @@
 """An arq worker that collects orphaned files every night: local disk + SQLite.
 
-Start it with arq's command line::
+The application's model and storage come from ``gc_factory.py`` next to this
+file (in your project: the module that defines them). Start the worker from
+this folder with arq's command line::
 
     export GRANITE_STORAGE_ROOT=./var/storage
     export GRANITE_STORAGE_DATABASE_URL=sqlite+aiosqlite:///./var/app.db
     export REDIS_URL=redis://localhost:6379/0
-    arq examples.arq_worker.WorkerSettings
+    arq arq_worker.WorkerSettings
 
 and enqueue a collection from the application whenever you like::
 
@@ -35,48 +37,22 @@ from arq import create_pool
 from arq.connections import RedisSettings
 from arq.cron import CronJob
 from arq.worker import Worker
+from gc_factory import DATABASE_ENV, ROOT_ENV, Base, Document, build_manager
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from granite_storage import StorageManager, StoragePolicy, StoredObjectRef
-from granite_storage.backends.local import LocalStorageBackend
+from granite_storage import StoredObjectRef
 from granite_storage.integrations.arq import (
     MANAGER_CTX_KEY,
     REFERENCES_CTX_KEY,
     collect_garbage,
     gc_cron_job,
 )
-from granite_storage.integrations.sqlalchemy import (
-    StoredContentMixin,
-    StoredObjectRefType,
-    iter_metadata_storage_refs,
-)
+from granite_storage.integrations.sqlalchemy import iter_metadata_storage_refs
 
-ROOT_ENV = "GRANITE_STORAGE_ROOT"
-DATABASE_ENV = "GRANITE_STORAGE_DATABASE_URL"
 REDIS_ENV = "REDIS_URL"
 
 
-class Base(DeclarativeBase):
-    pass
-
-
-class Document(StoredContentMixin, Base):
-    __tablename__ = "document"
-    __stored_content_field_name__ = "_file_ref"
-    __stored_content_storage_key__ = "documents"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    _file_ref: Mapped[StoredObjectRef | None] = mapped_column(StoredObjectRefType(), nullable=True)
-
-
-def build_manager(root: str | os.PathLike[str]) -> StorageManager:
-    return StorageManager(
-        backends={"local": LocalStorageBackend(root)},
-        policies={"documents": StoragePolicy("documents", "local", key_prefix="documents")},
-    )
-
-
+# --8<-- [start:worker]
 async def startup(ctx: dict[str, Any]) -> None:
     """Put the manager and the reference source into the worker context."""
     engine = create_async_engine(os.environ.get(DATABASE_ENV, "sqlite+aiosqlite:///./var/app.db"))
@@ -99,7 +75,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 class WorkerSettings:
-    """``arq examples.arq_worker.WorkerSettings``"""
+    """``arq arq_worker.WorkerSettings``"""
 
     functions: ClassVar[list[Any]] = [collect_garbage]
     # Every night at 03:30, delete orphans older than six hours.
@@ -109,6 +85,9 @@ class WorkerSettings:
     on_startup = startup
     on_shutdown = shutdown
     redis_settings = RedisSettings.from_dsn(os.environ.get(REDIS_ENV, "redis://localhost:6379/0"))
+
+
+# --8<-- [end:worker]
 
 
 async def ademo(redis_url: str) -> None:
@@ -164,7 +143,7 @@ if __name__ == "__main__":
     redis_url = os.environ.get(REDIS_ENV)
     if not redis_url:
         print(f"Set {REDIS_ENV} to run the demo, or start the worker with:")
-        print("    arq examples.arq_worker.WorkerSettings")
+        print("    cd examples && arq arq_worker.WorkerSettings")
     else:
         with tempfile.TemporaryDirectory() as tmp:
             os.environ[ROOT_ENV] = str(Path(tmp) / "storage")

@@ -87,19 +87,8 @@ class Store:
     ) -> StoredObjectRef:
         """Write one object that looks ``age`` old to the backend."""
         when = datetime.now(UTC) - age
-        if self.kind == "memory":
-            self.clock.now = when
-            try:
-                ref = await self.manager.aput_bytes(
-                    storage_key=storage_key,
-                    model_name="document",
-                    entity_id=len(self.written),
-                    field_name="file",
-                    content=content,
-                )
-            finally:
-                self.clock.now = None
-        else:
+        self.clock.now = when  # the memory backend stamps objects with its clock
+        try:
             ref = await self.manager.aput_bytes(
                 storage_key=storage_key,
                 model_name="document",
@@ -107,6 +96,9 @@ class Store:
                 field_name="file",
                 content=content,
             )
+        finally:
+            self.clock.now = None
+        if self.kind == "local":
             await aset_mtime(self.path(ref.location), when)
         self.written.append(ref)
         return ref

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import logging
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -15,6 +17,7 @@ import anyio.lowlevel
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+import granite_storage.gc
 from granite_storage import StorageError, StorageManager, StoragePolicy, StoredObjectRef
 from granite_storage.backends.local import TEMP_DIR_NAME
 from granite_storage.backends.memory import MemoryStorageBackend
@@ -25,6 +28,7 @@ from granite_storage.gc import (
     GarbageCollectionReport,
     StorageGarbageCollector,
 )
+from granite_storage.gc._deletions import adelete_counted, stop_at_cap
 from granite_storage.integrations.sqlalchemy import (
     iter_metadata_storage_refs,
     iter_model_storage_refs,
@@ -385,6 +389,63 @@ async def test_deletions_run_in_bounded_concurrent_batches() -> None:
     assert sorted(backend.deleted_batches) == [3, 5, 5, 5, 5]
     assert backend.max_in_flight == 2
     assert len(backend) == 0
+
+
+# --------------------------------------------------------------------------- counting deletions
+# granite_storage.gc._deletions: how every collector (this package's and the object
+# ledger's) counts a batch.
+
+
+async def test_a_batch_result_is_counted_in_the_report(caplog: pytest.LogCaptureFixture) -> None:
+    async def partly(locations: list[str]) -> BatchDeleteResult:
+        assert locations == ["a", "b", "c", "d"]
+        return BatchDeleteResult(deleted=["a", "c"], failed={"b": "denied"})
+
+    report = GarbageCollectionReport()
+    with caplog.at_level(logging.WARNING, logger="granite_storage.gc"):
+        deleted = await adelete_counted(report, partly, {"a": 10, "b": 20, "c": None, "d": 5})
+
+    assert deleted == ["a", "c"]
+    assert (report.deleted, report.bytes_freed, report.failed) == (2, 10, 1)
+    assert report.failures == [("b", "denied")]
+    assert report.skipped_in_use == 1  # "d": neither deleted nor failed
+    assert "could not delete 1 of 4 objects, e.g. 'b': denied" in caplog.text
+
+
+async def test_a_batch_that_raises_is_counted_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    async def broken(locations: list[str]) -> BatchDeleteResult:
+        raise BackendError("the whole request failed")
+
+    report = GarbageCollectionReport()
+    with caplog.at_level(logging.WARNING, logger="granite_storage.gc"):
+        assert await adelete_counted(report, broken, {"a": 1, "b": None}) == []
+
+    reason = "BackendError: the whole request failed"
+    assert report.failures == [("a", reason), ("b", reason)]
+    assert (report.deleted, report.failed, report.skipped_in_use) == (0, 2, 0)
+    assert f"deleting a batch of 2 objects failed: {reason}" in caplog.text
+
+
+def test_stop_at_cap_says_why() -> None:
+    report = GarbageCollectionReport()
+    stop_at_cap(report, 3)
+    assert report.stopped_early
+    assert report.stop_reason == "reached max_deletions=3; more orphans remain"
+
+
+def test_the_gc_package_and_the_cli_import_no_integration() -> None:
+    """Core never imports an integration: the ledger's collector plugs into gc, not the reverse."""
+    package = Path(granite_storage.gc.__file__).parent
+    for path in [*package.glob("*.py"), package.parent / "cli.py"]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            else:
+                continue
+            for module in modules:
+                assert not module.startswith("granite_storage.integrations"), (path, module)
 
 
 # --------------------------------------------------------------------------- references

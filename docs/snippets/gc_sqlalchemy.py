@@ -6,34 +6,16 @@ from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy_model import Base, Document  # the model of docs/snippets/sqlalchemy_model.py
 
-from granite_storage import (
-    StorageManager,
-    StoragePolicy,
-    StoredContentMixin,
-    StoredObjectRef,
-    StoredObjectRefType,
-)
+from granite_storage import StorageManager, StoragePolicy, StoredObjectRef, StoredObjectRefType
 from granite_storage.backends.local import LocalStorageBackend
 from granite_storage.gc import StorageGarbageCollector
 from granite_storage.integrations.sqlalchemy import (
     iter_metadata_storage_refs,
     iter_model_storage_refs,
 )
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Document(StoredContentMixin, Base):
-    __tablename__ = "document"
-    __stored_content_field_name__ = "_file_ref"
-    __stored_content_storage_key__ = "documents"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    _file_ref: Mapped[StoredObjectRef | None] = mapped_column(StoredObjectRefType(), nullable=True)
 
 
 class Attachment(Base):  # another table holding refs of the same policy
@@ -54,8 +36,9 @@ async def main(tmp: Path) -> None:
         await conn.run_sync(Base.metadata.create_all)
 
     async with AsyncSession(engine, expire_on_commit=False) as session:
-        doc = Document(id=1)
+        doc = Document(title="The document")
         session.add(doc)
+        await session.flush()
         await doc.aset_content(b"the document", filename="doc.txt")
         shared = await manager.aput_bytes(
             storage_key="documents",

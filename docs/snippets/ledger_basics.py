@@ -17,8 +17,11 @@ from granite_storage import (
     StoredObjectRefType,
 )
 from granite_storage.backends.local import LocalStorageBackend
-from granite_storage.integrations.sqlalchemy import ObjectLedger, drain_pending_deletions
-from granite_storage.ledger_gc import LedgerGarbageCollector
+from granite_storage.integrations.sqlalchemy import (
+    LedgerGarbageCollector,
+    ObjectLedger,
+    drain_pending_deletions,
+)
 
 
 class Base(DeclarativeBase):

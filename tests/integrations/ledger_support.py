@@ -30,11 +30,11 @@ from granite_storage.contracts import (
     StorageBackend,
 )
 from granite_storage.integrations.sqlalchemy import (
+    LedgerGarbageCollector,
     ObjectLedger,
     StoredObjectRefType,
     drain_pending_deletions,
 )
-from granite_storage.ledger_gc import LedgerGarbageCollector
 
 
 class LedgerBase(DeclarativeBase):

@@ -34,10 +34,10 @@ from granite_storage import StoredObjectRef
 from granite_storage.backends.memory import MemoryStorageBackend
 from granite_storage.integrations.sqlalchemy import (
     LedgerConflictError,
+    LedgerGarbageCollector,
     ObjectLedger,
     drain_pending_deletions,
 )
-from granite_storage.ledger_gc import LedgerGarbageCollector
 from tests.integrations.ledger_support import Copy, Doc, LedgerBase, make_manager
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]

@@ -220,8 +220,7 @@ async def test_an_audit_dry_run_deletes_nothing(lenv: LedgerEnv) -> None:
 
 def test_collector_arguments_are_checked() -> None:
     from granite_storage import StorageManager
-    from granite_storage.integrations.sqlalchemy import ObjectLedger
-    from granite_storage.ledger_gc import LedgerGarbageCollector
+    from granite_storage.integrations.sqlalchemy import LedgerGarbageCollector, ObjectLedger
     from tests.integrations.ledger_support import LedgerBase
 
     manager = StorageManager(backends={"m": MemoryStorageBackend()}, policies={})

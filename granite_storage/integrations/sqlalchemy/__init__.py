@@ -2,6 +2,9 @@
 follow the transaction, ref iterators for the garbage collector, and the
 optional object ledger."""
 
+from granite_storage.integrations.sqlalchemy._ledger_gc import (
+    LedgerGarbageCollector as LedgerGarbageCollector,
+)
 from granite_storage.integrations.sqlalchemy.content import (
     FieldSpec as FieldSpec,
 )
@@ -54,6 +57,7 @@ from granite_storage.integrations.sqlalchemy.types import (
 __all__ = [
     "FieldSpec",
     "LedgerConflictError",
+    "LedgerGarbageCollector",
     "ObjectLedger",
     "ReplaceContentResult",
     "StorageJSONType",

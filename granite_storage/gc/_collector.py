@@ -1,71 +1,23 @@
-"""The garbage collector: delete stored objects that no reference points at.
-
-How a run works (:meth:`StorageGarbageCollector.acollect`):
-
-1. The age cutoff is fixed first: ``now - min_age``. An object is old
-   enough to delete only if ``last_modified + backend.timestamp_resolution
-   <= cutoff``, so an object written during the run (whose ref may be
-   committed after the references were read) is never deleted, even with
-   ``min_age=0``.
-2. Two tasks start together in an anyio task group: the backend listing
-   (``backend.aiter_objects(key_prefix)``) feeds a bounded memory object
-   stream in chunks (at most :attr:`~StorageGarbageCollector.listing_buffer`
-   objects, then it waits), while every reference is read into a set of
-   protected locations.
-3. Once all references are read, the listing is streamed against that set.
-   Old-enough orphans accumulate into batches of
-   :attr:`~StorageGarbageCollector.batch_size` that are handed to
-   ``backend.adelete_many`` (S3: one DeleteObjects request per 1000 keys),
-   at most :attr:`~StorageGarbageCollector.delete_concurrency` batches at once.
-4. Leftovers older than the cutoff (stale temporary files, abandoned
-   multipart uploads) are removed with ``backend.acleanup_leftovers``. They
-   belong to the backend, not to a policy (no ref ever points at them), so
-   collecting any policy cleans every leftover of its backend.
-
-Memory is O(references) + O(listing buffer) + O(batch size x concurrency):
-the listing is never held whole. The reference set costs about 80 bytes
-per distinct referenced location (see :class:`ReferenceIndex`). Nothing is
-deleted before the last reference was read, so a reference source that
-fails deletes nothing.
-
-The grace period is what protects uploads in flight. ``last_modified`` is
-when the backend recorded the object, which can be well before the ref is
-committed: the last write before the atomic rename on local disk, the
-*start* of a multipart upload on S3. With ``min_age=0`` an upload that began
-before the run and whose ref is committed after the references were read can
-be deleted; use ``0`` only when nothing is being uploaded (tests, maintenance
-windows), and otherwise a grace period longer than your slowest upload plus
-its commit.
-"""
+"""The collectors: what every collector shares (its settings, a run's plan,
+``acollect``), and the listing collector of this package."""
 
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import ClassVar
 
-from granite_storage._gc_refs import ReferenceIndex, ReferenceSource
-from granite_storage._gc_report import GarbageCollectionProgress, GarbageCollectionReport
-from granite_storage._gc_run import CollectionRun, ProgressCallback, RunOptions
+from granite_storage._util import as_utc
 from granite_storage.contracts import StorageBackend
 from granite_storage.errors import UnsafeCollectionError
+from granite_storage.gc._refs import ReferenceSource
+from granite_storage.gc._report import GarbageCollectionReport
+from granite_storage.gc._run import CollectionRun, Plan, ProgressCallback, RunOptions
 from granite_storage.locations import is_under_prefix
 from granite_storage.manager import StorageManager
 from granite_storage.policy import StoragePolicy
-
-__all__ = [
-    "DEFAULT_MIN_AGE",
-    "GarbageCollectionProgress",
-    "GarbageCollectionReport",
-    "ProgressCallback",
-    "ReferenceIndex",
-    "ReferenceSource",
-    "StorageGarbageCollector",
-    "UnsafeCollectionError",
-    "check_max_deletions",
-    "check_min_age",
-    "check_separable",
-]
 
 logger = logging.getLogger("granite_storage.gc")
 
@@ -73,8 +25,96 @@ logger = logging.getLogger("granite_storage.gc")
 DEFAULT_MIN_AGE = timedelta(hours=1)
 
 
-class StorageGarbageCollector:
+class BaseCollector(ABC):
+    """What every collector shares: its checked settings, one run's :class:`Plan`,
+    and :meth:`acollect`. A collector implements :meth:`_arun`."""
+
+    #: Whether :meth:`acollect` lists the backend: then another policy whose
+    #: objects can lie under the collected prefix makes the run unsafe.
+    _lists_backend: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        manager: StorageManager,
+        min_age: timedelta,
+        max_deletions: int | None,
+        batch_size: int,
+        cleanup_leftovers: bool,
+        clock: Callable[[], datetime] | None,
+        /,
+    ) -> None:
+        self.min_age = check_min_age(min_age)
+        self.max_deletions = check_max_deletions(max_deletions)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.manager = manager
+        self.batch_size = batch_size
+        self.cleanup_leftovers = cleanup_leftovers
+        self.clock = clock or _utcnow
+
+    async def acollect(
+        self,
+        *,
+        storage_key: str,
+        dry_run: bool = True,
+        min_age: timedelta | None = None,
+        max_deletions: int | None = None,
+    ) -> GarbageCollectionReport:
+        """Collect the orphans of one policy.
+
+        :param storage_key: the policy to collect.
+        :param dry_run: report what would be deleted and delete nothing (the default).
+        :param min_age: override the collector's grace period for this run.
+        :param max_deletions: override the collector's deletion cap for this run.
+        :returns: the report; failed deletions are counted in it, not raised.
+        :raises StorageError: (a ``ConfigurationError``) for an unknown storage
+            key; see the collector for the other errors it raises.
+        :raises ValueError: if the clock returns a naive datetime.
+        """
+        plan = self._plan(storage_key, dry_run, min_age, max_deletions, self._lists_backend)
+        report = await self._arun(plan)
+        logger.info("%s", report)
+        return report
+
+    @abstractmethod
+    async def _arun(self, plan: Plan) -> GarbageCollectionReport:
+        """Run one collection of ``plan``."""
+
+    def _plan(
+        self,
+        storage_key: str,
+        dry_run: bool,
+        min_age: timedelta | None,
+        max_deletions: int | None,
+        lists_backend: bool,
+    ) -> Plan:
+        """Resolve the policy and its backend, apply the overrides, fix the start."""
+        policy = self.manager.get_policy(storage_key)
+        backend = self.manager.get_backend_for_policy(policy)
+        if lists_backend:
+            check_separable(self.manager, policy, backend)
+        return Plan(
+            policy=policy,
+            backend=backend,
+            dry_run=dry_run,
+            min_age=check_min_age(self.min_age if min_age is None else min_age),
+            max_deletions=check_max_deletions(
+                self.max_deletions if max_deletions is None else max_deletions
+            ),
+            now=as_utc(self.clock()),
+        )
+
+
+class StorageGarbageCollector(BaseCollector):
     """Deletes the objects of a policy that no reference points at.
+
+    :meth:`acollect` also raises :class:`UnsafeCollectionError` if another
+    policy shares the backend and no key prefix separates the two (nothing is
+    read or deleted then), ``BackendError`` if listing the backend fails
+    (deletions already done stay done; a note on the exception says how
+    many), a ``ConfigurationError`` if the reference source yields something
+    else than refs, and whatever the reference source raises (nothing has
+    been deleted then).
 
     :param manager: the manager whose policies and backends are collected.
     :param iter_references: a zero-argument callable returning an async or a
@@ -120,83 +160,31 @@ class StorageGarbageCollector:
         progress_every: int = 10_000,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
-        check_min_age(min_age)
-        check_max_deletions(max_deletions)
+        super().__init__(manager, min_age, max_deletions, batch_size, cleanup_leftovers, clock)
         for name, value in (
-            ("batch_size", batch_size),
             ("delete_concurrency", delete_concurrency),
             ("listing_buffer", listing_buffer),
             ("progress_every", progress_every),
         ):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
-        self.manager = manager
         self.iter_references = iter_references
-        self.min_age = min_age
-        self.max_deletions = max_deletions
-        self.batch_size = batch_size
         self.delete_concurrency = delete_concurrency
         self.listing_buffer = listing_buffer
-        self.cleanup_leftovers = cleanup_leftovers
         self.progress = progress
         self.progress_every = progress_every
-        self.clock = clock or _utcnow
 
-    async def acollect(
-        self,
-        *,
-        storage_key: str,
-        dry_run: bool = True,
-        min_age: timedelta | None = None,
-        max_deletions: int | None = None,
-    ) -> GarbageCollectionReport:
-        """Collect the orphans of one policy.
-
-        :param storage_key: the policy to collect.
-        :param dry_run: report what would be deleted and delete nothing (the default).
-        :param min_age: override the collector's grace period for this run.
-        :param max_deletions: override the collector's deletion cap for this run.
-        :returns: the report; failed deletions are counted in it, not raised.
-        :raises StorageError: (a ``ConfigurationError``) for an unknown storage
-            key, or if the reference source yields something else than refs.
-        :raises ValueError: if the clock returns a naive datetime.
-        :raises UnsafeCollectionError: if another policy shares the backend and
-            no key prefix separates the two; nothing is read or deleted.
-        :raises BackendError: if listing the backend fails (deletions already
-            done stay done; a note on the exception says how many).
-        :raises Exception: whatever the reference source raises; nothing has
-            been deleted then.
-        """
-        policy = self.manager.get_policy(storage_key)
-        backend = self.manager.get_backend_for_policy(policy)
-        self._check_separable(policy, backend)
-        if min_age is None:
-            min_age = self.min_age
-        if max_deletions is None:
-            max_deletions = self.max_deletions
-        run = CollectionRun(
-            RunOptions(
-                iter_references=self.iter_references,
-                batch_size=self.batch_size,
-                delete_concurrency=self.delete_concurrency,
-                listing_buffer=self.listing_buffer,
-                cleanup_leftovers=self.cleanup_leftovers,
-                progress=self.progress,
-                progress_every=self.progress_every,
-                clock=self.clock,
-            ),
-            policy=policy,
-            backend=backend,
-            dry_run=dry_run,
-            min_age=check_min_age(min_age),
-            max_deletions=check_max_deletions(max_deletions),
+    async def _arun(self, plan: Plan) -> GarbageCollectionReport:
+        options = RunOptions(
+            iter_references=self.iter_references,
+            batch_size=self.batch_size,
+            delete_concurrency=self.delete_concurrency,
+            listing_buffer=self.listing_buffer,
+            cleanup_leftovers=self.cleanup_leftovers,
+            progress=self.progress,
+            progress_every=self.progress_every,
         )
-        report = await run.arun()
-        logger.info("%s", report)
-        return report
-
-    def _check_separable(self, policy: StoragePolicy, backend: StorageBackend) -> None:
-        check_separable(self.manager, policy, backend)
+        return await CollectionRun(options, plan).arun()
 
 
 def check_separable(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -15,19 +15,17 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from granite_storage._concurrency import aclose_quietly
-from granite_storage._gc_refs import ReferenceIndex, ReferenceSource, aread_references
-from granite_storage._gc_report import (
+from granite_storage.contracts import ObjectInfo, StorageBackend
+from granite_storage.gc._deletions import DeleteBatch, adelete_counted, stop_at_cap
+from granite_storage.gc._refs import ReferenceIndex, ReferenceSource, aread_references
+from granite_storage.gc._report import (
     ORPHAN_SAMPLE_SIZE,
     GarbageCollectionProgress,
     GarbageCollectionReport,
     Phase,
-    cap_reason,
 )
-from granite_storage.contracts import BatchDeleteResult, ObjectInfo, StorageBackend
 from granite_storage.locations import is_under_prefix
 from granite_storage.policy import StoragePolicy
-
-__all__ = ["LISTING_CHUNK", "CollectionRun", "ProgressCallback", "RunOptions"]
 
 logger = logging.getLogger("granite_storage.gc")
 
@@ -39,54 +37,61 @@ ProgressCallback = Callable[[GarbageCollectionProgress], object]
 
 
 @dataclass(frozen=True, slots=True)
+class Plan:
+    """What one collection is about, fixed before it reads anything."""
+
+    policy: StoragePolicy
+    backend: StorageBackend
+    dry_run: bool
+    min_age: timedelta
+    max_deletions: int | None
+    #: The run's start (aware, UTC); the age cutoff is ``now - min_age``.
+    now: datetime
+
+    @property
+    def cutoff(self) -> datetime:
+        return self.now - self.min_age
+
+    def new_report(self) -> GarbageCollectionReport:
+        """An empty report of this collection."""
+        return GarbageCollectionReport(
+            storage_key=self.policy.storage_key,
+            key_prefix=self.policy.key_prefix,
+            dry_run=self.dry_run,
+            min_age=self.min_age,
+            cutoff=self.cutoff,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class RunOptions:
     """The collector's settings a run needs (see ``StorageGarbageCollector``)."""
 
     iter_references: ReferenceSource
     batch_size: int
-    delete_concurrency: int
-    listing_buffer: int
-    cleanup_leftovers: bool
-    progress: ProgressCallback | None
-    progress_every: int
-    clock: Callable[[], datetime]
+    delete_concurrency: int = 4
+    listing_buffer: int = 10_000
+    cleanup_leftovers: bool = True
+    progress: ProgressCallback | None = None
+    progress_every: int = 10_000
     #: Deletes one batch of orphans instead of ``backend.adelete_many`` (the
     #: object ledger's audit wins each location first). Locations it neither
     #: deletes nor reports failed count as ``skipped_in_use``.
-    delete_batch: Callable[[list[str]], Awaitable[BatchDeleteResult]] | None = None
+    delete_batch: DeleteBatch | None = None
 
 
 class CollectionRun:
     """One collection: the state shared by its tasks."""
 
-    def __init__(
-        self,
-        options: RunOptions,
-        *,
-        policy: StoragePolicy,
-        backend: StorageBackend,
-        dry_run: bool,
-        min_age: timedelta,
-        max_deletions: int | None,
-    ) -> None:
+    def __init__(self, options: RunOptions, plan: Plan) -> None:
         self.options = options
-        self.policy = policy
-        self.backend = backend
-        self.max_deletions = max_deletions
+        self.policy, self.backend, self.cutoff = plan.policy, plan.backend, plan.cutoff
+        self.max_deletions = plan.max_deletions
         self.started = time.monotonic()
-        # Fixed before any reference is read: see granite_storage.gc.
-        now = options.clock()
-        if now.tzinfo is None:
-            raise ValueError(f"the collector's clock must return an aware datetime, got {now!r}")
-        self.cutoff = now - min_age
-        self.report = GarbageCollectionReport(
-            storage_key=policy.storage_key,
-            key_prefix=policy.key_prefix,
-            dry_run=dry_run,
-            min_age=min_age,
-            cutoff=self.cutoff,
+        self.report = plan.new_report()
+        self.index = ReferenceIndex(
+            storage_key=plan.policy.storage_key, key_prefix=plan.policy.key_prefix
         )
-        self.index = ReferenceIndex(storage_key=policy.storage_key, key_prefix=policy.key_prefix)
         self.phase: Phase = "references"
         #: Listed objects per stream item: the listing buffers at most
         #: ``listing_buffer`` objects in the stream plus one chunk being filled.
@@ -204,8 +209,7 @@ class CollectionRun:
         cap = self.max_deletions
         if not too_young and cap is not None and report.eligible >= cap:
             report.scanned -= 1  # not counted: the run stops before this object
-            report.stopped_early = True
-            report.stop_reason = cap_reason(cap)
+            stop_at_cap(report, cap)
             return False
         report.orphaned += 1
         if too_young:
@@ -219,33 +223,10 @@ class CollectionRun:
         return True
 
     async def _adelete_batch(self, batch: list[ObjectInfo], slots: anyio.Semaphore) -> None:
-        report = self.report
         try:
             sizes = {info.location: info.size for info in batch}
-            delete_batch = self.options.delete_batch or self.backend.adelete_many
-            try:
-                result = await delete_batch(list(sizes))
-            except Exception as exc:  # one failed batch must not stop the run
-                reason = f"{type(exc).__name__}: {exc}"
-                for location in sizes:
-                    report.add_failure(location, reason)
-                logger.warning("deleting a batch of %d objects failed: %s", len(sizes), reason)
-                return
-            for location in result.deleted:
-                report.deleted += 1
-                report.bytes_freed += sizes.get(location, 0)
-            for location, reason in result.failed.items():
-                report.add_failure(location, reason)
-            report.skipped_in_use += max(0, len(sizes) - len(result.deleted) - len(result.failed))
-            if result.failed:
-                location, reason = next(iter(result.failed.items()))
-                logger.warning(
-                    "could not delete %d of %d objects, e.g. %r: %s",
-                    len(result.failed),
-                    len(sizes),
-                    location,
-                    reason,
-                )
+            delete = self.options.delete_batch or self.backend.adelete_many
+            await adelete_counted(self.report, delete, sizes)
         finally:
             slots.release()
         self._notify()

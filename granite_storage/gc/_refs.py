@@ -23,8 +23,6 @@ from granite_storage._concurrency import aclose_quietly, closing
 from granite_storage.errors import ConfigurationError
 from granite_storage.refs import StoredObjectRef
 
-__all__ = ["REFERENCE_BATCH", "ReferenceIndex", "ReferenceSource", "aread_references"]
-
 #: The references handled between two checkpoints (cancellation, progress).
 REFERENCE_BATCH = 1000
 

@@ -1,22 +1,10 @@
-"""What a garbage collection found and did: the report and the progress snapshots.
-
-Public names are re-exported by :mod:`granite_storage.gc`.
-"""
+"""What a garbage collection found and did: the report and the progress snapshots."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any, Literal
-
-__all__ = [
-    "MAX_FAILURES_KEPT",
-    "ORPHAN_SAMPLE_SIZE",
-    "GarbageCollectionProgress",
-    "GarbageCollectionReport",
-    "Phase",
-    "cap_reason",
-]
 
 #: How many ``(location, reason)`` pairs a report keeps; ``failed`` counts them all.
 MAX_FAILURES_KEPT = 100
@@ -47,7 +35,8 @@ class GarbageCollectionReport:
     ``orphaned == skipped_too_young + eligible`` and, unless it was a dry run,
     ``eligible == deleted + failed + skipped_in_use`` (a leftover cleanup
     that fails also counts one failure; ``skipped_in_use`` is 0 except for
-    the object ledger's strict collections, see ``granite_storage.ledger_gc``).
+    the object ledger's strict collections, see
+    ``granite_storage.integrations.sqlalchemy.LedgerGarbageCollector``).
     """
 
     scanned: int = 0
@@ -98,30 +87,14 @@ class GarbageCollectionReport:
         return self.failed == 0
 
     def to_dict(self) -> dict[str, Any]:
-        """The report as JSON-compatible values (for job results and ``--json``)."""
-        return {
-            "storage_key": self.storage_key,
-            "key_prefix": self.key_prefix,
-            "dry_run": self.dry_run,
-            "scanned": self.scanned,
-            "referenced": self.referenced,
-            "orphaned": self.orphaned,
-            "deleted": self.deleted,
-            "references_read": self.references_read,
-            "skipped_too_young": self.skipped_too_young,
-            "eligible": self.eligible,
-            "failed": self.failed,
-            "failures": [[location, reason] for location, reason in self.failures],
-            "skipped_in_use": self.skipped_in_use,
-            "bytes_freed": self.bytes_freed,
-            "leftovers_removed": self.leftovers_removed,
-            "duration": self.duration,
-            "min_age_seconds": self.min_age.total_seconds(),
-            "cutoff": self.cutoff.isoformat() if self.cutoff else None,
-            "stopped_early": self.stopped_early,
-            "stop_reason": self.stop_reason,
-            "orphan_sample": list(self.orphan_sample),
-        }
+        """The report as JSON-compatible values (for job results and ``--json``):
+        every field, with ``min_age`` as ``min_age_seconds`` and ``cutoff`` in ISO 8601."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["min_age_seconds"] = data.pop("min_age").total_seconds()
+        data["cutoff"] = self.cutoff.isoformat() if self.cutoff else None
+        data["failures"] = [[location, reason] for location, reason in self.failures]
+        data["orphan_sample"] = list(self.orphan_sample)
+        return data
 
     def __str__(self) -> str:
         prefix = repr(self.key_prefix) if self.key_prefix else "(none: the whole backend)"
@@ -206,8 +179,3 @@ def _human_duration(delta: timedelta) -> str:
         if seconds % size == 0:
             return f"{seconds // size} {unit}"
     return f"{seconds} s"
-
-
-def cap_reason(cap: int) -> str:
-    """The report's ``stop_reason`` when a run stopped at its deletion cap."""
-    return f"reached max_deletions={cap}; more orphans remain"
