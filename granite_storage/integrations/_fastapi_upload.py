@@ -12,8 +12,8 @@ from starlette.datastructures import ImmutableMultiDict
 from starlette.requests import Request
 
 from granite_storage.errors import ContentTooLargeError, InvalidUploadError
-from granite_storage.integrations._multipart_stream import MAX_PART_HEADER_SIZE, MultipartReceiver
-from granite_storage.integrations._object_pipe import ObjectPipe, UploadStore
+from granite_storage.integrations._fastapi_multipart import MAX_PART_HEADER_SIZE, MultipartReceiver
+from granite_storage.integrations._fastapi_pipe import ObjectPipe, UploadStore
 from granite_storage.manager import StorageManager
 from granite_storage.refs import StoredObjectRef
 from granite_storage.streams import DEFAULT_CHUNK_SIZE
