@@ -67,6 +67,11 @@ def test_every_exception_class_lives_in_errors() -> None:
     for name in errors.__all__:
         assert issubclass(getattr(errors, name), errors.StorageError), name
         assert getattr(granite_storage, name) is getattr(errors, name)
+    # the old import paths give the same classes
+    fastapi = importlib.import_module("granite_storage.integrations.fastapi")
+    sqlalchemy = importlib.import_module("granite_storage.integrations.sqlalchemy")
+    assert fastapi.InvalidUploadError is errors.InvalidUploadError
+    assert sqlalchemy.LedgerConflictError is errors.LedgerConflictError
 
 
 @pytest.mark.parametrize(("module", "names"), CONTRACT_MODULES.items())
