@@ -80,13 +80,15 @@ class Base(DeclarativeBase):
 
 
 class Document(StoredContentMixin, Base):
+    """A title and one stored file, whose ref the ``file_ref`` column keeps."""
+
     __tablename__ = "document"
     __stored_content_field_name__ = "file_ref"
     __stored_content_storage_key__ = "documents"
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    title: Mapped[str] = mapped_column(String(200), default="")
     file_ref: Mapped[StoredObjectRef | None] = mapped_column(StoredObjectRefType())
+    title: Mapped[str] = mapped_column(String(200), default="")
 
 
 class DocumentOut(BaseModel):

@@ -1,46 +1,45 @@
 """granite_storage: async-first file storage for SQLAlchemy 2 applications."""
 
 from granite_storage.errors import (
-    ChecksumMismatchError as ChecksumMismatchError,
-)
-from granite_storage.errors import (
-    ContentTooLargeError as ContentTooLargeError,
-)
-from granite_storage.errors import (
-    InvalidLocationError as InvalidLocationError,
-)
-from granite_storage.errors import (
-    ObjectNotFoundError as ObjectNotFoundError,
-)
-from granite_storage.errors import (
-    StorageError as StorageError,
-)
-from granite_storage.integrations.sqlalchemy import (
-    ReplaceContentResult as ReplaceContentResult,
+    BackendError,
+    ChecksumMismatchError,
+    ConfigurationError,
+    ContentTooLargeError,
+    FactoryError,
+    InvalidLocationError,
+    InvalidUploadError,
+    LedgerConflictError,
+    LockUnavailableError,
+    ObjectNotFoundError,
+    OperationNotSupportedError,
+    StorageError,
+    UnsafeCollectionError,
 )
 from granite_storage.integrations.sqlalchemy import (
-    StorageJSONType as StorageJSONType,
+    ReplaceContentResult,
+    StorageJSONType,
+    StoredContentMixin,
+    StoredObjectRefType,
+    portable_storage_ref_type,
 )
-from granite_storage.integrations.sqlalchemy import (
-    StoredContentMixin as StoredContentMixin,
-)
-from granite_storage.integrations.sqlalchemy import (
-    StoredObjectRefType as StoredObjectRefType,
-)
-from granite_storage.integrations.sqlalchemy import (
-    portable_storage_ref_type as portable_storage_ref_type,
-)
-from granite_storage.manager import StorageManager as StorageManager
-from granite_storage.policy import StoragePolicy as StoragePolicy
-from granite_storage.refs import StoredObjectRef as StoredObjectRef
+from granite_storage.manager import StorageManager
+from granite_storage.policy import StoragePolicy
+from granite_storage.refs import StoredObjectRef
 
 __version__ = "0.2.0.dev0"
 
 __all__ = [
+    "BackendError",
     "ChecksumMismatchError",
+    "ConfigurationError",
     "ContentTooLargeError",
+    "FactoryError",
     "InvalidLocationError",
+    "InvalidUploadError",
+    "LedgerConflictError",
+    "LockUnavailableError",
     "ObjectNotFoundError",
+    "OperationNotSupportedError",
     "ReplaceContentResult",
     "StorageError",
     "StorageJSONType",
@@ -49,5 +48,6 @@ __all__ = [
     "StoredContentMixin",
     "StoredObjectRef",
     "StoredObjectRefType",
+    "UnsafeCollectionError",
     "portable_storage_ref_type",
 ]

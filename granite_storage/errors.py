@@ -13,7 +13,11 @@ __all__ = [
     "ChecksumMismatchError",
     "ConfigurationError",
     "ContentTooLargeError",
+    "FactoryError",
     "InvalidLocationError",
+    "InvalidUploadError",
+    "LedgerConflictError",
+    "LockUnavailableError",
     "ObjectNotFoundError",
     "OperationNotSupportedError",
     "StorageError",
@@ -102,3 +106,46 @@ class UnsafeCollectionError(StorageError):
     """The garbage collector refused a run that could delete objects that do
     not belong to the policy being collected (for example two policies share
     a backend and no key prefix tells their objects apart)."""
+
+
+class InvalidUploadError(StorageError):
+    """The upload request is malformed: a broken multipart body, a body that
+    ended early, a missing or repeated file part, too many form fields, or a
+    field that is not UTF-8. HTTP 400; the message says what was wrong.
+
+    Raised by the FastAPI integration's ``stream_upload`` and ``stream_upload_to``.
+    """
+
+    status_code = 400
+
+
+class LedgerConflictError(StorageError):
+    """The object ledger refused an operation that could lose data, and
+    nothing was stored or committed:
+
+    * an upload's reservation was won by the garbage collector before the
+      upload's transaction could claim it (the upload waited longer than the
+      collector's grace period between recording its intent and claiming it):
+      retry the upload;
+    * a flush writes a ref to an object the garbage collector is deleting (a
+      ref copied from a row that no longer holds it): the ref is stale.
+
+    Maps to HTTP 409. ``location`` is the object's location.
+    """
+
+    status_code = 409
+
+    def __init__(self, message: str, *, location: str) -> None:
+        super().__init__(message)
+        self.location = location
+
+
+class LockUnavailableError(StorageError):
+    """The database lock a ledger collection needs could not be had in time
+    (SQLite: another transaction holds the write lock). Nothing was changed;
+    the collector stops and a later run tries again."""
+
+
+class FactoryError(StorageError):
+    """The ``granite-storage`` command's factory cannot be imported or does
+    not follow the protocol (the command exits with code 2)."""

@@ -1,14 +1,21 @@
-"""HTTP header values for serving stored objects. Pure functions, no I/O."""
+"""HTTP header values for stored objects: ``Content-Type``,
+``Content-Disposition``, ``ETag``. No I/O but reading the system's MIME
+tables once."""
 
 from __future__ import annotations
 
+import mimetypes
 import re
 import unicodedata
 from urllib.parse import quote
 
-from granite_storage.refs import StoredObjectRef
+import anyio.to_thread
 
-__all__ = ["content_disposition", "etag_for"]
+from granite_storage.refs import StoredObjectRef, clean_text
+
+__all__ = ["aguess_content_type", "content_disposition", "declared_or_guessed_type", "etag_for"]
+
+_FALLBACK_CONTENT_TYPE = "application/octet-stream"
 
 _TOKEN_UNSAFE = re.compile(r"[^A-Za-z0-9!#$&+.^_`|~ -]")
 
@@ -39,3 +46,23 @@ def etag_for(ref: StoredObjectRef) -> str:
     """A strong ETag derived from the ref's checksum (the content's sha256)."""
     digest = ref.checksum.partition(":")[2] or ref.checksum or ref.location
     return f'"{digest}"'
+
+
+async def aguess_content_type(filename: str | None) -> str:
+    """The MIME type for ``filename``'s extension, or ``application/octet-stream``.
+
+    The first call reads the system's MIME tables (``/etc/mime.types``) in a
+    worker thread instead of on the event loop.
+    """
+    if not filename:
+        return _FALLBACK_CONTENT_TYPE
+    if not mimetypes.inited:
+        await anyio.to_thread.run_sync(mimetypes.init)
+    guessed, _ = mimetypes.guess_type(filename, strict=False)
+    return guessed or _FALLBACK_CONTENT_TYPE
+
+
+async def declared_or_guessed_type(declared: str | None, filename: str | None) -> str:
+    """The ``declared`` content type (without the characters a JSON
+    column cannot hold), else the one :func:`aguess_content_type` guesses."""
+    return clean_text(declared) or await aguess_content_type(filename)

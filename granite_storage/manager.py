@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import mimetypes
 from collections.abc import Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from types import TracebackType
-from typing import Any, Self
+from contextlib import AbstractAsyncContextManager, nullcontext
+from typing import Any, Self, TypedDict, Unpack
 
 import anyio
-import anyio.to_thread
 
 from granite_storage._concurrency import aclose_quietly
 from granite_storage.contracts import BytesReader, ObjectReader, PresignedUpload, StorageBackend
 from granite_storage.errors import ConfigurationError, ContentTooLargeError, InvalidLocationError
-from granite_storage.http import content_disposition
+from granite_storage.http import content_disposition, declared_or_guessed_type
 from granite_storage.locations import build_location, is_under_prefix, validate_location
 from granite_storage.policy import StoragePolicy
 from granite_storage.refs import StoredObjectRef, clean_text, utcnow_iso
@@ -23,28 +20,41 @@ from granite_storage.streams import (
     ByteSource,
     Sha256Digest,
     SizeLimiter,
-    acoalesce,
-    aiter_chunks,
     check_size_limit,
+    chunks_of,
+    coalesce,
 )
 
-__all__ = ["StorageManager", "aguess_content_type"]
-
-_FALLBACK_CONTENT_TYPE = "application/octet-stream"
+__all__ = ["Placement", "StorageManager"]
 
 
-async def aguess_content_type(filename: str | None) -> str:
-    """The MIME type for ``filename``'s extension, or ``application/octet-stream``.
+class Placement(TypedDict):
+    """Where a new object goes: the keyword arguments that every manager
+    method creating an object takes (:meth:`StorageManager.aput_bytes`,
+    :meth:`~StorageManager.aput_stream`, :meth:`~StorageManager.new_location`,
+    :meth:`~StorageManager.apresigned_upload`), all required.
 
-    The first call reads the system's MIME tables (``/etc/mime.types``) in a
-    worker thread instead of on the event loop.
+    ``storage_key`` names the policy (its backend, ``max_size`` and
+    ``key_prefix``); ``model_name``, ``entity_id`` and ``field_name`` become
+    the location's sanitised segments (for example the table, the row's
+    primary key and the column).
     """
-    if not filename:
-        return _FALLBACK_CONTENT_TYPE
-    if not mimetypes.inited:
-        await anyio.to_thread.run_sync(mimetypes.init)
-    guessed, _ = mimetypes.guess_type(filename, strict=False)
-    return guessed or _FALLBACK_CONTENT_TYPE
+
+    storage_key: str
+    model_name: str
+    entity_id: object
+    field_name: str
+
+
+_PLACEMENT_KEYS = frozenset(Placement.__required_keys__)
+
+
+def _check_placement(method: str, placement: Placement) -> None:
+    """Refuse a misspelt or missing keyword, as an explicit signature would."""
+    if unexpected := sorted(placement.keys() - _PLACEMENT_KEYS):
+        raise TypeError(f"StorageManager.{method}() got unexpected keyword arguments {unexpected}")
+    if missing := sorted(_PLACEMENT_KEYS - placement.keys()):
+        raise TypeError(f"StorageManager.{method}() is missing keyword arguments {missing}")
 
 
 class StorageManager:
@@ -116,26 +126,21 @@ class StorageManager:
         return policy, self.get_backend_for_policy(policy)
 
     def new_location(
-        self,
-        *,
-        storage_key: str,
-        model_name: str,
-        entity_id: object,
-        field_name: str,
-        original_filename: str | None = None,
+        self, *, original_filename: str | None = None, **placement: Unpack[Placement]
     ) -> str:
-        """A new, unique location for one write under ``storage_key``'s policy
-        (see :func:`~granite_storage.locations.build_location`). No I/O.
+        """A new, unique location for one write under the policy of
+        ``placement["storage_key"]`` (see :class:`Placement` and
+        :func:`~granite_storage.locations.build_location`). No I/O.
 
         :raises StorageError: for an unknown storage key.
         :raises InvalidLocationError: if a name has no safe characters.
         """
-        policy = self.get_policy(storage_key)
+        _check_placement("new_location", placement)
         return build_location(
-            key_prefix=policy.key_prefix,
-            model_name=model_name,
-            entity_id=entity_id,
-            field_name=field_name,
+            key_prefix=self.get_policy(placement["storage_key"]).key_prefix,
+            model_name=placement["model_name"],
+            entity_id=placement["entity_id"],
+            field_name=placement["field_name"],
             original_filename=original_filename,
         )
 
@@ -153,49 +158,42 @@ class StorageManager:
     async def aput_bytes(
         self,
         *,
-        storage_key: str,
-        model_name: str,
-        entity_id: object,
-        field_name: str,
         content: bytes,
         content_type: str | None = None,
         original_filename: str | None = None,
         extra: dict[str, Any] | None = None,
+        **placement: Unpack[Placement],
     ) -> StoredObjectRef:
         """Store ``content``; see :meth:`aput_stream`. An oversized ``content``
         is refused before any I/O."""
-        policy = self.get_policy(storage_key)
+        _check_placement("aput_bytes", placement)
+        policy = self.get_policy(placement["storage_key"])
         if policy.max_size is not None and len(content) > policy.max_size:
             raise ContentTooLargeError(
                 f"content of {len(content)} bytes is larger than the limit of "
-                f"{policy.max_size} bytes of policy {storage_key!r}",
+                f"{policy.max_size} bytes of policy {policy.storage_key!r}",
                 max_size=policy.max_size,
             )
         return await self.aput_stream(
-            storage_key=storage_key,
-            model_name=model_name,
-            entity_id=entity_id,
-            field_name=field_name,
             stream=content,
             content_type=content_type,
             original_filename=original_filename,
             extra=extra,
+            **placement,
         )
 
     async def aput_stream(
         self,
         *,
-        storage_key: str,
-        model_name: str,
-        entity_id: object,
-        field_name: str,
         stream: ByteSource,
         content_type: str | None = None,
         original_filename: str | None = None,
         extra: dict[str, Any] | None = None,
         location: str | None = None,
+        **placement: Unpack[Placement],
     ) -> StoredObjectRef:
-        """Stream ``stream`` into a new object and return its ref.
+        """Stream ``stream`` into a new object under ``placement`` (see
+        :class:`Placement`) and return its ref.
 
         ``stream`` may be bytes, an object with ``async read(n)`` (an
         ``UploadFile``, an aiofiles file), a sync binary file (read in a
@@ -212,24 +210,19 @@ class StorageManager:
             given ``location`` is unsafe or outside the policy's prefix.
         :raises StorageError: for an unknown storage key or a backend failure.
         """
-        policy = self.get_policy(storage_key)
+        _check_placement("aput_stream", placement)
+        policy = self.get_policy(placement["storage_key"])
         backend = self.get_backend_for_policy(policy)
         original_filename = clean_text(original_filename)
-        content_type = clean_text(content_type) or await aguess_content_type(original_filename)
+        content_type = await declared_or_guessed_type(content_type, original_filename)
         if location is None:
-            location = self.new_location(
-                storage_key=storage_key,
-                model_name=model_name,
-                entity_id=entity_id,
-                field_name=field_name,
-                original_filename=original_filename,
-            )
+            location = self.new_location(original_filename=original_filename, **placement)
         else:
             self._check_location(policy, location)
         # source -> bounded chunks -> size limit (counts every byte as it
         # arrives) -> small chunks merged, so tiny pieces cost no extra I/O.
-        chunks = acoalesce(
-            SizeLimiter(aiter_chunks(stream, self.chunk_size), policy.max_size), self.chunk_size
+        chunks = coalesce(
+            SizeLimiter(chunks_of(stream, self.chunk_size), policy.max_size), self.chunk_size
         )
         try:
             result = await backend.aput_stream(
@@ -240,16 +233,9 @@ class StorageManager:
                 await aclose_quietly(chunks)
         merged_extra = {**(result.extra or {}), **(extra or {})} or None
         return StoredObjectRef(
-            storage_key=storage_key,
-            backend=backend.backend_name,
-            location=location,
-            size=result.size,
-            checksum=result.checksum,
-            content_type=content_type,
-            original_filename=original_filename,
-            created_at=utcnow_iso(),
-            extra=merged_extra,
-        )
+            policy.storage_key, backend.backend_name, location, result.size, result.checksum,
+            content_type, original_filename, utcnow_iso(), merged_extra,
+        )  # fmt: skip
 
     # -- reads and deletes ----------------------------------------------------
 
@@ -273,7 +259,7 @@ class StorageManager:
         """
         inline = ref.legacy_inline_text
         if inline is not None:
-            return _inline_reader(inline.encode()[start:end])
+            return nullcontext(BytesReader(inline.encode()[start:end]))
         _, backend = self._resolve(ref)
         return backend.aopen(ref, verify=verify, start=start, end=end)
 
@@ -321,13 +307,10 @@ class StorageManager:
     async def apresigned_upload(
         self,
         *,
-        storage_key: str,
-        model_name: str,
-        entity_id: object,
-        field_name: str,
         original_filename: str | None = None,
         content_type: str | None = None,
         expires_in: int = 3600,
+        **placement: Unpack[Placement],
     ) -> PresignedUpload:
         """A presigned request for a browser to upload straight to the backend.
 
@@ -338,19 +321,13 @@ class StorageManager:
 
         :raises OperationNotSupportedError: if the backend cannot sign uploads.
         """
-        policy = self.get_policy(storage_key)
-        backend = self.get_backend_for_policy(policy)
-        location = build_location(
-            key_prefix=policy.key_prefix,
-            model_name=model_name,
-            entity_id=entity_id,
-            field_name=field_name,
-            original_filename=original_filename,
-        )
-        return await backend.apresigned_upload(
+        _check_placement("apresigned_upload", placement)
+        policy = self.get_policy(placement["storage_key"])
+        location = self.new_location(original_filename=original_filename, **placement)
+        return await self.get_backend_for_policy(policy).apresigned_upload(
             key=location,
             max_size=policy.max_size,
-            content_type=clean_text(content_type) or await aguess_content_type(original_filename),
+            content_type=await declared_or_guessed_type(content_type, original_filename),
             expires_in=expires_in,
         )
 
@@ -389,17 +366,11 @@ class StorageManager:
             with anyio.CancelScope(shield=True):
                 await backend.adelete(probe)
             raise
+        content_type = await declared_or_guessed_type(content_type, original_filename)
         return StoredObjectRef(
-            storage_key=storage_key,
-            backend=backend.backend_name,
-            location=location,
-            size=digest.size,
-            checksum=digest.checksum,
-            content_type=clean_text(content_type) or await aguess_content_type(original_filename),
-            original_filename=original_filename,
-            created_at=utcnow_iso(),
-            extra=extra,
-        )
+            storage_key, backend.backend_name, location, digest.size, digest.checksum,
+            content_type, original_filename, utcnow_iso(), extra,
+        )  # fmt: skip
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -412,15 +383,5 @@ class StorageManager:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-
-@asynccontextmanager
-async def _inline_reader(data: bytes) -> Any:
-    yield BytesReader(data)

@@ -1,17 +1,15 @@
 """Any byte source -> ``AsyncIterator[bytes]``; the async size limiter; hashing.
 
 This module is the one place where sync sources are bridged to async:
-blocking reads run in worker threads, in-memory sources are read inline, and
-large chunks are hashed off the event loop.
+blocking reads run in worker threads and in-memory sources are read inline.
+:class:`Sha256Digest` and :class:`HashingThread` hash large chunks off the
+event loop.
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import io
-import queue
-import threading
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
@@ -19,6 +17,7 @@ import anyio.from_thread
 import anyio.to_thread
 
 from granite_storage._concurrency import aclose_quietly, aiter_in_thread
+from granite_storage._hashing import HashingThread, Sha256Digest
 from granite_storage.errors import ContentTooLargeError
 
 __all__ = [
@@ -31,18 +30,14 @@ __all__ = [
     "Sha256Digest",
     "SizeLimiter",
     "SyncReadable",
-    "acoalesce",
-    "aiter_chunks",
     "blocking_pull",
     "check_size_limit",
+    "chunks_of",
+    "coalesce",
 ]
 
 #: Default size of the chunks read from sources and written to backends.
 DEFAULT_CHUNK_SIZE = 1024 * 1024
-
-# Below this size hashing on the event loop is cheaper than a thread hop
-# (sha256 runs at ~1 GB/s; 64 KiB take well under 0.1 ms).
-_INLINE_HASH_LIMIT = 64 * 1024
 
 
 @runtime_checkable
@@ -76,7 +71,7 @@ ByteSource: TypeAlias = (
 _IN_MEMORY = (io.BytesIO,)
 
 
-def aiter_chunks(source: ByteSource, chunk_size: int = DEFAULT_CHUNK_SIZE) -> AsyncIterator[bytes]:
+def chunks_of(source: ByteSource, chunk_size: int = DEFAULT_CHUNK_SIZE) -> AsyncIterator[bytes]:
     """Turn ``source`` into an async iterator of non-empty chunks of at most
     ``chunk_size`` bytes.
 
@@ -237,15 +232,15 @@ def blocking_pull(chunks: AsyncIterator[bytes]) -> BlockingPull | None:
     to the event loop per chunk. ``None`` for sources that need the loop
     (async reads, async iterables).
 
-    Sync files (:func:`aiter_chunks`), :class:`SizeLimiter` and
-    :func:`acoalesce` pass it on; a backend may use it or iterate ``chunks``
+    Sync files (:func:`chunks_of`), :class:`SizeLimiter` and
+    :func:`coalesce` pass it on; a backend may use it or iterate ``chunks``
     as usual, but not both at once.
     """
     pull = getattr(chunks, "blocking_pull", None)
     return pull if callable(pull) else None
 
 
-def acoalesce(chunks: AsyncIterator[bytes], chunk_size: int = DEFAULT_CHUNK_SIZE) -> Coalescer:
+def coalesce(chunks: AsyncIterator[bytes], chunk_size: int = DEFAULT_CHUNK_SIZE) -> Coalescer:
     """Merge small chunks into chunks of ``chunk_size`` bytes (the last may
     be shorter), so a source that sends many tiny pieces does not cost one
     write or thread hop per piece. Chunks of at least a sixteenth of
@@ -255,7 +250,7 @@ def acoalesce(chunks: AsyncIterator[bytes], chunk_size: int = DEFAULT_CHUNK_SIZE
 
 
 class Coalescer:
-    """The iterator :func:`acoalesce` returns."""
+    """The iterator :func:`coalesce` returns."""
 
     def __init__(self, chunks: AsyncIterator[bytes], chunk_size: int) -> None:
         self._chunks = chunks
@@ -354,63 +349,3 @@ class SizeLimiter:
 
     async def aclose(self) -> None:
         await aclose_quietly(self._chunks)
-
-
-class Sha256Digest:
-    """The size and sha256 of a stream, computed as chunks go by.
-
-    Large chunks are hashed in a worker thread (hashlib releases the GIL),
-    so hashing never holds the event loop for more than a thread hop.
-    """
-
-    def __init__(self) -> None:
-        self._hash = hashlib.sha256()
-        self.size = 0
-
-    def update(self, chunk: bytes) -> None:
-        """Hash ``chunk`` in the calling thread."""
-        self._hash.update(chunk)
-        self.size += len(chunk)
-
-    async def aupdate(self, chunk: bytes) -> None:
-        """Hash ``chunk``, in a worker thread when it is large."""
-        if len(chunk) < _INLINE_HASH_LIMIT:
-            self.update(chunk)
-        else:
-            await anyio.to_thread.run_sync(self.update, chunk)
-
-    @property
-    def checksum(self) -> str:
-        """``"sha256:<hex>"`` of everything hashed so far."""
-        return f"sha256:{self._hash.hexdigest()}"
-
-
-class HashingThread:
-    """Feed a :class:`Sha256Digest` from blocking code while a thread of its
-    own hashes: a worker thread that copies a stream writes chunk *n* while
-    chunk *n - 1* is hashed, so on two cores the hash costs no wall-clock
-    time. At most ``depth`` chunks wait to be hashed.
-
-    Use as a context manager; on exit every chunk handed over is hashed.
-    """
-
-    def __init__(self, digest: Sha256Digest, *, depth: int = 4) -> None:
-        self._digest = digest
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
-        self._thread = threading.Thread(target=self._run, name="granite-sha256", daemon=True)
-
-    def _run(self) -> None:
-        while (chunk := self._queue.get()) is not None:
-            self._digest.update(chunk)
-
-    def update(self, chunk: bytes) -> None:
-        """Hand ``chunk`` over; blocks while ``depth`` chunks wait already."""
-        self._queue.put(chunk)
-
-    def __enter__(self) -> HashingThread:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._queue.put(None)
-        self._thread.join()

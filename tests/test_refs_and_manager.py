@@ -14,6 +14,7 @@ from granite_storage import (
 )
 from granite_storage.backends.memory import MemoryStorageBackend
 from granite_storage.errors import ConfigurationError, OperationNotSupportedError
+from granite_storage.testing import memory_manager
 
 V010_DICT = {  # exactly what granite-storage 0.1.0's dataclasses.asdict wrote
     "storage_key": "documents",
@@ -92,12 +93,10 @@ def test_manager_refuses_inconsistent_configuration() -> None:
 
 
 def test_unknown_storage_key_is_a_storage_error() -> None:
-    manager = StorageManager(
-        backends={"m": MemoryStorageBackend()}, policies={"a": StoragePolicy("a", "m")}
-    )
+    manager = memory_manager("a")
     with pytest.raises(StorageError, match="unknown storage key 'nope'"):
         manager.get_policy("nope")
-    assert manager.get_backend_for_policy(manager.get_policy("a")) is manager.backends["m"]
+    assert manager.get_backend_for_policy(manager.get_policy("a")) is manager.backends["memory"]
 
 
 def test_policy_validation() -> None:
@@ -109,9 +108,7 @@ def test_policy_validation() -> None:
 
 
 async def test_filenames_and_content_types_lose_only_unstorable_characters() -> None:
-    manager = StorageManager(
-        backends={"m": MemoryStorageBackend()}, policies={"a": StoragePolicy("a", "m")}
-    )
+    manager = memory_manager("a")
     ref = await manager.aput_bytes(
         storage_key="a",
         model_name="m",
@@ -127,9 +124,7 @@ async def test_filenames_and_content_types_lose_only_unstorable_characters() -> 
 
 
 async def test_content_type_is_guessed_from_the_filename() -> None:
-    manager = StorageManager(
-        backends={"m": MemoryStorageBackend()}, policies={"a": StoragePolicy("a", "m")}
-    )
+    manager = memory_manager("a")
     put = manager.aput_bytes
     png = await put(
         storage_key="a",
@@ -144,9 +139,7 @@ async def test_content_type_is_guessed_from_the_filename() -> None:
 
 
 async def test_legacy_inline_refs_are_served_by_the_manager() -> None:
-    manager = StorageManager(
-        backends={"m": MemoryStorageBackend()}, policies={"a": StoragePolicy("a", "m")}
-    )
+    manager = memory_manager("a")
     ref = StoredObjectRef.from_dict({"legacy_inline_text": "héllo"})
     assert await manager.aget(ref) == "héllo".encode()
     assert await manager.aexists(ref)
@@ -154,9 +147,7 @@ async def test_legacy_inline_refs_are_served_by_the_manager() -> None:
 
 
 async def test_memory_and_local_cannot_presign() -> None:
-    manager = StorageManager(
-        backends={"m": MemoryStorageBackend()}, policies={"a": StoragePolicy("a", "m")}
-    )
+    manager = memory_manager("a")
     ref = await manager.aput_bytes(
         storage_key="a", model_name="m", entity_id=1, field_name="f", content=b"x"
     )
@@ -166,3 +157,17 @@ async def test_memory_and_local_cannot_presign() -> None:
         await manager.apresigned_upload(
             storage_key="a", model_name="m", entity_id=1, field_name="f"
         )
+
+
+async def test_a_misspelt_or_missing_placement_keyword_is_a_type_error() -> None:
+    manager = memory_manager("a")
+    place = {"storage_key": "a", "model_name": "m", "entity_id": 1}
+    with pytest.raises(TypeError, match=r"missing keyword arguments \['field_name'\]"):
+        await manager.aput_bytes(content=b"x", **place)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"aput_stream\(\) got unexpected keyword .*'filename'"):
+        await manager.aput_stream(stream=b"x", field_name="f", filename="x", **place)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="new_location"):
+        manager.new_location(field_name="f", **place, extra=None)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="apresigned_upload"):
+        await manager.apresigned_upload(**place)  # type: ignore[call-arg]
+    assert not [key async for key in manager.backends["memory"].aiter_locations()]

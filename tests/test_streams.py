@@ -17,9 +17,9 @@ from granite_storage.streams import (
     HashingThread,
     Sha256Digest,
     SizeLimiter,
-    acoalesce,
-    aiter_chunks,
     blocking_pull,
+    chunks_of,
+    coalesce,
 )
 
 DATA = os.urandom(10_000)
@@ -84,14 +84,14 @@ async def agenerator() -> AsyncIterator[bytes]:
     ],
 )
 async def test_every_source_round_trips_in_bounded_chunks(make_source: object) -> None:
-    chunks = await collect(aiter_chunks(make_source(), chunk_size=4096))  # type: ignore[operator]
+    chunks = await collect(chunks_of(make_source(), chunk_size=4096))  # type: ignore[operator]
     assert b"".join(chunks) == DATA
     assert all(0 < len(chunk) <= 4096 for chunk in chunks)
 
 
 async def test_async_read_is_called_with_the_chunk_size() -> None:
     reader = AsyncReader(DATA)
-    await collect(aiter_chunks(reader, chunk_size=4096))
+    await collect(chunks_of(reader, chunk_size=4096))
     assert set(reader.sizes) == {4096}
 
 
@@ -101,7 +101,7 @@ async def test_sync_file_is_read_in_a_worker_thread(tmp_path: Path) -> None:
     await anyio.Path(path).write_bytes(DATA)
     file = await anyio.to_thread.run_sync(path.open, "rb")
     try:
-        assert b"".join(await collect(aiter_chunks(file, chunk_size=1000))) == DATA
+        assert b"".join(await collect(chunks_of(file, chunk_size=1000))) == DATA
     finally:
         await anyio.to_thread.run_sync(file.close)
 
@@ -111,18 +111,18 @@ async def test_aiofiles_and_anyio_files_are_read_not_iterated_by_lines(tmp_path:
     path = tmp_path / "lines.txt"
     await anyio.Path(path).write_bytes(lines)
     async with aiofiles.open(path, "rb") as afile:
-        chunks = await collect(aiter_chunks(afile, chunk_size=8192))
+        chunks = await collect(chunks_of(afile, chunk_size=8192))
     assert b"".join(chunks) == lines
     assert max(len(c) for c in chunks) == 8192
     async with await anyio.open_file(path, "rb") as anyfile:
-        chunks = await collect(aiter_chunks(anyfile, chunk_size=8192))
+        chunks = await collect(chunks_of(anyfile, chunk_size=8192))
     assert b"".join(chunks) == lines and len(chunks) == 4
 
 
 @pytest.mark.parametrize("bad", ["text", ["text"], 42, io.StringIO("text")])
 async def test_text_and_unknown_sources_are_refused(bad: object) -> None:
     with pytest.raises(TypeError):
-        await collect(aiter_chunks(bad))  # type: ignore[arg-type]
+        await collect(chunks_of(bad))  # type: ignore[arg-type]
 
 
 async def test_size_limiter_counts_every_byte_whatever_the_chunking() -> None:
@@ -140,7 +140,7 @@ async def test_size_limiter_counts_every_byte_whatever_the_chunking() -> None:
 
 
 async def test_size_limiter_accepts_exactly_the_limit() -> None:
-    limiter = SizeLimiter(aiter_chunks(b"x" * 10, chunk_size=3), max_size=10)
+    limiter = SizeLimiter(chunks_of(b"x" * 10, chunk_size=3), max_size=10)
     assert b"".join(await collect(limiter)) == b"x" * 10
 
 
@@ -149,7 +149,7 @@ async def test_coalesce_merges_small_chunks() -> None:
         for byte in DATA:
             yield bytes([byte])
 
-    chunks = await collect(acoalesce(tiny(), chunk_size=4096))
+    chunks = await collect(coalesce(tiny(), chunk_size=4096))
     assert b"".join(chunks) == DATA
     assert [len(c) for c in chunks] == [4096, 4096, len(DATA) - 8192]
 
@@ -160,7 +160,7 @@ async def test_coalesce_passes_large_chunks_through_uncopied() -> None:
     async def one() -> AsyncIterator[bytes]:
         yield big
 
-    (chunk,) = await collect(acoalesce(one(), chunk_size=4096))
+    (chunk,) = await collect(coalesce(one(), chunk_size=4096))
     assert chunk is big
 
 
@@ -195,8 +195,8 @@ def drain(pull: Callable[[], bytes | None]) -> list[bytes]:
 
 
 async def test_a_sync_file_can_be_pulled_whole_from_one_worker_thread() -> None:
-    chunks = acoalesce(
-        SizeLimiter(aiter_chunks(ShortReads(DATA, 100), chunk_size=4096), None), chunk_size=4096
+    chunks = coalesce(
+        SizeLimiter(chunks_of(ShortReads(DATA, 100), chunk_size=4096), None), chunk_size=4096
     )
     pull = blocking_pull(chunks)
     assert pull is not None
@@ -207,7 +207,7 @@ async def test_a_sync_file_can_be_pulled_whole_from_one_worker_thread() -> None:
 
 
 async def test_the_blocking_pull_enforces_the_size_limit() -> None:
-    limiter = SizeLimiter(aiter_chunks(io.BytesIO(DATA), chunk_size=1000), max_size=2500)
+    limiter = SizeLimiter(chunks_of(io.BytesIO(DATA), chunk_size=1000), max_size=2500)
     pull = blocking_pull(limiter)
     assert pull is not None
     assert pull() is not None and pull() is not None
@@ -218,7 +218,7 @@ async def test_the_blocking_pull_enforces_the_size_limit() -> None:
 
 @pytest.mark.parametrize("make_source", [lambda: AsyncReader(DATA), agenerator, generator])
 async def test_sources_that_need_the_loop_have_no_blocking_pull(make_source: object) -> None:
-    chunks = acoalesce(SizeLimiter(aiter_chunks(make_source()), None))  # type: ignore[operator]
+    chunks = coalesce(SizeLimiter(chunks_of(make_source()), None))  # type: ignore[operator]
     assert blocking_pull(chunks) is None
     assert b"".join(await collect(chunks)) == DATA
 
@@ -237,13 +237,13 @@ def test_hashing_thread_matches_hashlib_and_bounds_its_queue() -> None:
 @pytest.mark.parametrize("kind", [bytes, bytearray])
 async def test_bytes_in_memory_can_be_pulled_from_a_worker_thread(kind: type) -> None:
     source = kind(DATA)
-    pull = blocking_pull(SizeLimiter(aiter_chunks(source, chunk_size=4096), None))
+    pull = blocking_pull(SizeLimiter(chunks_of(source, chunk_size=4096), None))
     assert pull is not None
     if kind is bytearray:
         source[0] ^= 0xFF  # copied up front: later changes by the caller do not leak in
     assert [len(c) for c in await anyio.to_thread.run_sync(drain, pull)] == [4096, 4096, 1808]
-    assert b"".join(drain(blocking_pull(aiter_chunks(DATA)) or (lambda: None))) == DATA
-    (whole,) = drain(blocking_pull(aiter_chunks(DATA)) or (lambda: None))
+    assert b"".join(drain(blocking_pull(chunks_of(DATA)) or (lambda: None))) == DATA
+    (whole,) = drain(blocking_pull(chunks_of(DATA)) or (lambda: None))
     assert whole is DATA  # one chunk: not copied
 
 
@@ -259,7 +259,7 @@ class AwaitableRead:
 
 
 async def test_a_read_that_returns_an_awaitable_is_awaited_on_both_paths() -> None:
-    assert b"".join(await collect(aiter_chunks(AwaitableRead(DATA), chunk_size=4096))) == DATA
-    pull = blocking_pull(aiter_chunks(AwaitableRead(DATA), chunk_size=4096))
+    assert b"".join(await collect(chunks_of(AwaitableRead(DATA), chunk_size=4096))) == DATA
+    pull = blocking_pull(chunks_of(AwaitableRead(DATA), chunk_size=4096))
     assert pull is not None
     assert b"".join(await anyio.to_thread.run_sync(drain, pull)) == DATA

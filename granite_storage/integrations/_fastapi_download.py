@@ -14,11 +14,9 @@ from starlette.types import Receive, Scope, Send
 
 from granite_storage.contracts import ObjectReader
 from granite_storage.errors import ObjectNotFoundError, OperationNotSupportedError
-from granite_storage.http import content_disposition, etag_for
-from granite_storage.manager import StorageManager, aguess_content_type
+from granite_storage.http import aguess_content_type, content_disposition, etag_for
+from granite_storage.manager import StorageManager
 from granite_storage.refs import StoredObjectRef
-
-__all__ = ["storage_response"]
 
 _RANGE = re.compile(r"\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*", re.IGNORECASE | re.ASCII)
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")

@@ -11,18 +11,12 @@ from python_multipart.multipart import parse_options_header
 from starlette.datastructures import ImmutableMultiDict
 from starlette.requests import Request
 
-from granite_storage.errors import ContentTooLargeError
-from granite_storage.integrations._multipart_stream import (
-    MAX_PART_HEADER_SIZE,
-    InvalidUploadError,
-    MultipartReceiver,
-)
-from granite_storage.integrations._object_pipe import ObjectPipe, UploadStore
+from granite_storage.errors import ContentTooLargeError, InvalidUploadError
+from granite_storage.integrations._fastapi_multipart import MAX_PART_HEADER_SIZE, MultipartReceiver
+from granite_storage.integrations._fastapi_pipe import ObjectPipe, UploadStore
 from granite_storage.manager import StorageManager
 from granite_storage.refs import StoredObjectRef
 from granite_storage.streams import DEFAULT_CHUNK_SIZE
-
-__all__ = ["StreamedUpload", "stream_upload", "stream_upload_to"]
 
 # Bytes handed to the multipart parser at once: a network read larger than
 # this (an in-process test client sends the whole body as one chunk) is cut

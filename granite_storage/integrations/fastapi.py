@@ -24,14 +24,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from granite_storage.errors import ContentTooLargeError, StorageError
+from granite_storage.errors import InvalidUploadError as InvalidUploadError
 from granite_storage.integrations._fastapi_download import storage_response as storage_response
+from granite_storage.integrations._fastapi_pipe import UploadStore as UploadStore
 from granite_storage.integrations._fastapi_upload import StreamedUpload as StreamedUpload
 from granite_storage.integrations._fastapi_upload import stream_upload as stream_upload
 from granite_storage.integrations._fastapi_upload import stream_upload_to as stream_upload_to
-from granite_storage.integrations._multipart_stream import (
-    InvalidUploadError as InvalidUploadError,
-)
-from granite_storage.integrations._object_pipe import UploadStore as UploadStore
 
 __all__ = [
     "InvalidUploadError",

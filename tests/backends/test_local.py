@@ -23,7 +23,9 @@ from granite_storage._concurrency import CpuSlots
 from granite_storage.backends import local as local_module
 from granite_storage.backends.local import TEMP_DIR_NAME, LocalStorageBackend
 from granite_storage.errors import BackendError
-from granite_storage.streams import SizeLimiter, acoalesce, aiter_chunks
+from granite_storage.streams import SizeLimiter
+from granite_storage.streams import chunks_of as aiter_chunks
+from granite_storage.streams import coalesce as acoalesce
 
 
 def files_under(root: Path) -> list[str]:

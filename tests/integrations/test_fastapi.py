@@ -265,18 +265,8 @@ class TrackingBackend(MemoryStorageBackend):
         self.opened = 0
 
     @asynccontextmanager
-    async def _aopen(
-        self,
-        location: str,
-        *,
-        size: int | None,
-        start: int,
-        end: int | None,
-        expected: StoredObjectRef | None,
-    ) -> AsyncIterator[ObjectReader]:
-        async with super()._aopen(
-            location, size=size, start=start, end=end, expected=expected
-        ) as reader:
+    async def aopen(self, ref: StoredObjectRef, **options: Any) -> AsyncIterator[ObjectReader]:
+        async with super().aopen(ref, **options) as reader:
             self.open_readers += 1
             self.opened += 1
             try:
@@ -284,18 +274,10 @@ class TrackingBackend(MemoryStorageBackend):
             finally:
                 self.open_readers -= 1
 
-    async def apresigned_download_url(
-        self,
-        ref: StoredObjectRef,
-        *,
-        expires_in: int = 3600,
-        content_disposition: str | None = None,
-    ) -> str:
+    async def apresigned_download_url(self, ref: StoredObjectRef, **options: Any) -> str:
         if not self.can_sign:
-            return await super().apresigned_download_url(
-                ref, expires_in=expires_in, content_disposition=content_disposition
-            )
-        return f"https://signed.example/{ref.location}?expires={expires_in}"
+            return await super().apresigned_download_url(ref, **options)
+        return f"https://signed.example/{ref.location}?expires={options['expires_in']}"
 
 
 class Harness:

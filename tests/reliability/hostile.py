@@ -103,7 +103,7 @@ content_types = st.one_of(
     hostile_text,
 )
 
-#: How the bytes arrive: every kind of source ``aiter_chunks`` accepts.
+#: How the bytes arrive: every kind of source ``chunks_of`` accepts.
 SOURCES = [
     "bytes",
     "aput_bytes",

@@ -130,43 +130,12 @@ class SoakClient:
             self._refused(step, exchange)
             return None
         if op in (Op.CREATE_TOO_LARGE_STREAMED, Op.REPLACE_TOO_LARGE):
-            method, target = ("POST", "/documents") if doc is None else ("PUT", self._content(doc))
-            before, file, after = form_parts(
-                _BOUNDARY,
-                title="big",
-                filename=step.filename,
-                content_type=_CONTENT_TYPE,
-                data=data,
-            )
-            head = _head(
-                method,
-                target,
-                {
-                    "Content-Type": f"multipart/form-data; boundary={_BOUNDARY}",
-                    "Transfer-Encoding": "chunked",
-                },
-            )
+            head, (before, file, after) = self._form(step, doc, data, title="big", chunked=True)
             body = chunked([before, *_pieces(file), after])
             self._refused(step, await raw_request(self.port, head, body, pace=_PACE))
             return doc
         if op in (Op.CREATE_DISCONNECT, Op.REPLACE_DISCONNECT):
-            method, target = ("POST", "/documents") if doc is None else ("PUT", self._content(doc))
-            before, file, after = form_parts(
-                _BOUNDARY,
-                title="cut",
-                filename=step.filename,
-                content_type=_CONTENT_TYPE,
-                data=data,
-            )
-            length = len(before) + len(file) + len(after)
-            head = _head(
-                method,
-                target,
-                {
-                    "Content-Type": f"multipart/form-data; boundary={_BOUNDARY}",
-                    "Content-Length": str(length),
-                },
-            )
+            head, (before, file, after) = self._form(step, doc, data, title="cut", chunked=False)
             cut = len(before) + int(len(file) * step.cut)
             exchange = await raw_request(
                 self.port,
@@ -212,6 +181,23 @@ class SoakClient:
     @staticmethod
     def _content(doc: str) -> str:
         return f"/documents/{doc}/content"
+
+    def _form(
+        self, step: Step, doc: str | None, data: bytes, *, title: str, chunked: bool
+    ) -> tuple[bytes, tuple[bytes, bytes, bytes]]:
+        """The request head and the three pieces of a form upload: a create
+        without ``doc``, a replace of ``doc`` with it."""
+        method, target = ("POST", "/documents") if doc is None else ("PUT", self._content(doc))
+        parts = form_parts(
+            _BOUNDARY, title=title, filename=step.filename, content_type=_CONTENT_TYPE, data=data
+        )
+        framing = (
+            {"Transfer-Encoding": "chunked"}
+            if chunked
+            else {"Content-Length": str(sum(map(len, parts)))}
+        )
+        content_type = {"Content-Type": f"multipart/form-data; boundary={_BOUNDARY}"}
+        return _head(method, target, content_type | framing), parts
 
     def _created(self, step: Step, response: httpx.Response, digest: str) -> str | None:
         if not self._check(step, response.status_code, 201, response.text):

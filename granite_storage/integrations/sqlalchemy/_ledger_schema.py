@@ -18,7 +18,7 @@ from sqlalchemy import (
     Table,
 )
 
-from granite_storage.errors import StorageError
+from granite_storage.errors import LedgerConflictError as LedgerConflictError
 from granite_storage.locations import MAX_LOCATION_LENGTH
 
 __all__ = [
@@ -46,27 +46,6 @@ class LedgerState(StrEnum):
     LIVE = "live"
     RELEASED = "released"
     DELETING = "deleting"
-
-
-class LedgerConflictError(StorageError):
-    """The ledger refused an operation that could lose data, and nothing was
-    stored or committed:
-
-    * an upload's reservation was won by the garbage collector before the
-      upload's transaction could claim it (the upload waited longer than the
-      collector's grace period between recording its intent and claiming it):
-      retry the upload;
-    * a flush writes a ref to an object the garbage collector is deleting (a
-      ref copied from a row that no longer holds it): the ref is stale.
-
-    Maps to HTTP 409.
-    """
-
-    status_code = 409
-
-    def __init__(self, message: str, *, location: str) -> None:
-        super().__init__(message)
-        self.location = location
 
 
 def ledger_table(metadata: MetaData, name: str = LEDGER_TABLE_NAME) -> Table:

@@ -20,8 +20,6 @@ from anyio.abc import TaskGroup
 from granite_storage.refs import StoredObjectRef
 from granite_storage.streams import check_size_limit
 
-__all__ = ["ObjectPipe", "UploadStore"]
-
 # Chunks queued between the two tasks, on top of the one being gathered and
 # the one the backend is writing: memory stays at about (2 + this) chunks.
 _QUEUED_CHUNKS = 1

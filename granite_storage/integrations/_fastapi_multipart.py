@@ -15,23 +15,13 @@ from typing import TYPE_CHECKING
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from granite_storage.errors import ContentTooLargeError, StorageError
+from granite_storage.errors import ContentTooLargeError, InvalidUploadError
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
-__all__ = ["MAX_PART_HEADER_SIZE", "InvalidUploadError", "MultipartReceiver"]
-
 #: The most bytes of headers (names and values together) one part may carry.
 MAX_PART_HEADER_SIZE = 8 * 1024
-
-
-class InvalidUploadError(StorageError):
-    """The upload request is malformed: a broken multipart body, a body that
-    ended early, a missing or repeated file part, too many form fields, or a
-    field that is not UTF-8. HTTP 400; the message says what was wrong."""
-
-    status_code = 400
 
 
 class MultipartReceiver:
