@@ -54,7 +54,7 @@ from typing import IO, Any
 
 import anyio
 
-from granite_storage.errors import StorageError
+from granite_storage.errors import FactoryError, StorageError
 from granite_storage.gc import (
     DEFAULT_MIN_AGE,
     GarbageCollectionProgress,
@@ -87,10 +87,6 @@ exit codes:
   2  usage: bad arguments, or a factory that cannot be imported or does not
      follow the protocol
 """
-
-
-class FactoryError(Exception):
-    """The factory cannot be imported or does not follow the protocol (exit code 2)."""
 
 
 def parse_duration(text: str) -> timedelta:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager, nullcontext
-from typing import Any, Self, TypedDict, Unpack
+from typing import Any, Self
 
 import anyio
 
@@ -25,36 +25,7 @@ from granite_storage.streams import (
     coalesce,
 )
 
-__all__ = ["Placement", "StorageManager"]
-
-
-class Placement(TypedDict):
-    """Where a new object goes: the keyword arguments that every manager
-    method creating an object takes (:meth:`StorageManager.aput_bytes`,
-    :meth:`~StorageManager.aput_stream`, :meth:`~StorageManager.new_location`,
-    :meth:`~StorageManager.apresigned_upload`), all required.
-
-    ``storage_key`` names the policy (its backend, ``max_size`` and
-    ``key_prefix``); ``model_name``, ``entity_id`` and ``field_name`` become
-    the location's sanitised segments (for example the table, the row's
-    primary key and the column).
-    """
-
-    storage_key: str
-    model_name: str
-    entity_id: object
-    field_name: str
-
-
-_PLACEMENT_KEYS = frozenset(Placement.__required_keys__)
-
-
-def _check_placement(method: str, placement: Placement) -> None:
-    """Refuse a misspelt or missing keyword, as an explicit signature would."""
-    if unexpected := sorted(placement.keys() - _PLACEMENT_KEYS):
-        raise TypeError(f"StorageManager.{method}() got unexpected keyword arguments {unexpected}")
-    if missing := sorted(_PLACEMENT_KEYS - placement.keys()):
-        raise TypeError(f"StorageManager.{method}() is missing keyword arguments {missing}")
+__all__ = ["StorageManager"]
 
 
 class StorageManager:
@@ -126,21 +97,25 @@ class StorageManager:
         return policy, self.get_backend_for_policy(policy)
 
     def new_location(
-        self, *, original_filename: str | None = None, **placement: Unpack[Placement]
+        self,
+        *,
+        storage_key: str,
+        model_name: str,
+        entity_id: object,
+        field_name: str,
+        original_filename: str | None = None,
     ) -> str:
-        """A new, unique location for one write under the policy of
-        ``placement["storage_key"]`` (see :class:`Placement` and
-        :func:`~granite_storage.locations.build_location`). No I/O.
+        """A new, unique location for one write under ``storage_key``'s policy
+        (see :func:`~granite_storage.locations.build_location`). No I/O.
 
         :raises StorageError: for an unknown storage key.
         :raises InvalidLocationError: if a name has no safe characters.
         """
-        _check_placement("new_location", placement)
         return build_location(
-            key_prefix=self.get_policy(placement["storage_key"]).key_prefix,
-            model_name=placement["model_name"],
-            entity_id=placement["entity_id"],
-            field_name=placement["field_name"],
+            key_prefix=self.get_policy(storage_key).key_prefix,
+            model_name=model_name,
+            entity_id=entity_id,
+            field_name=field_name,
             original_filename=original_filename,
         )
 
@@ -158,16 +133,18 @@ class StorageManager:
     async def aput_bytes(
         self,
         *,
+        storage_key: str,
+        model_name: str,
+        entity_id: object,
+        field_name: str,
         content: bytes,
         content_type: str | None = None,
         original_filename: str | None = None,
         extra: dict[str, Any] | None = None,
-        **placement: Unpack[Placement],
     ) -> StoredObjectRef:
         """Store ``content``; see :meth:`aput_stream`. An oversized ``content``
         is refused before any I/O."""
-        _check_placement("aput_bytes", placement)
-        policy = self.get_policy(placement["storage_key"])
+        policy = self.get_policy(storage_key)
         if policy.max_size is not None and len(content) > policy.max_size:
             raise ContentTooLargeError(
                 f"content of {len(content)} bytes is larger than the limit of "
@@ -175,25 +152,35 @@ class StorageManager:
                 max_size=policy.max_size,
             )
         return await self.aput_stream(
+            storage_key=storage_key,
+            model_name=model_name,
+            entity_id=entity_id,
+            field_name=field_name,
             stream=content,
             content_type=content_type,
             original_filename=original_filename,
             extra=extra,
-            **placement,
         )
 
     async def aput_stream(
         self,
         *,
+        storage_key: str,
+        model_name: str,
+        entity_id: object,
+        field_name: str,
         stream: ByteSource,
         content_type: str | None = None,
         original_filename: str | None = None,
         extra: dict[str, Any] | None = None,
         location: str | None = None,
-        **placement: Unpack[Placement],
     ) -> StoredObjectRef:
-        """Stream ``stream`` into a new object under ``placement`` (see
-        :class:`Placement`) and return its ref.
+        """Stream ``stream`` into a new object and return its ref.
+
+        ``storage_key`` names the policy (its backend, ``max_size`` and
+        ``key_prefix``); ``model_name``, ``entity_id`` and ``field_name``
+        become the location's sanitised segments (for example the table, the
+        row's primary key and the column).
 
         ``stream`` may be bytes, an object with ``async read(n)`` (an
         ``UploadFile``, an aiofiles file), a sync binary file (read in a
@@ -210,13 +197,18 @@ class StorageManager:
             given ``location`` is unsafe or outside the policy's prefix.
         :raises StorageError: for an unknown storage key or a backend failure.
         """
-        _check_placement("aput_stream", placement)
-        policy = self.get_policy(placement["storage_key"])
+        policy = self.get_policy(storage_key)
         backend = self.get_backend_for_policy(policy)
         original_filename = clean_text(original_filename)
         content_type = await declared_or_guessed_type(content_type, original_filename)
         if location is None:
-            location = self.new_location(original_filename=original_filename, **placement)
+            location = self.new_location(
+                storage_key=storage_key,
+                model_name=model_name,
+                entity_id=entity_id,
+                field_name=field_name,
+                original_filename=original_filename,
+            )
         else:
             self._check_location(policy, location)
         # source -> bounded chunks -> size limit (counts every byte as it
@@ -307,10 +299,13 @@ class StorageManager:
     async def apresigned_upload(
         self,
         *,
+        storage_key: str,
+        model_name: str,
+        entity_id: object,
+        field_name: str,
         original_filename: str | None = None,
         content_type: str | None = None,
         expires_in: int = 3600,
-        **placement: Unpack[Placement],
     ) -> PresignedUpload:
         """A presigned request for a browser to upload straight to the backend.
 
@@ -321,9 +316,14 @@ class StorageManager:
 
         :raises OperationNotSupportedError: if the backend cannot sign uploads.
         """
-        _check_placement("apresigned_upload", placement)
-        policy = self.get_policy(placement["storage_key"])
-        location = self.new_location(original_filename=original_filename, **placement)
+        policy = self.get_policy(storage_key)
+        location = self.new_location(
+            storage_key=storage_key,
+            model_name=model_name,
+            entity_id=entity_id,
+            field_name=field_name,
+            original_filename=original_filename,
+        )
         return await self.get_backend_for_policy(policy).apresigned_upload(
             key=location,
             max_size=policy.max_size,
