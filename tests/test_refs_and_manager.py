@@ -159,15 +159,3 @@ async def test_memory_and_local_cannot_presign() -> None:
         )
 
 
-async def test_a_misspelt_or_missing_placement_keyword_is_a_type_error() -> None:
-    manager = memory_manager("a")
-    place = {"storage_key": "a", "model_name": "m", "entity_id": 1}
-    with pytest.raises(TypeError, match=r"missing keyword arguments \['field_name'\]"):
-        await manager.aput_bytes(content=b"x", **place)  # type: ignore[call-arg]
-    with pytest.raises(TypeError, match=r"aput_stream\(\) got unexpected keyword .*'filename'"):
-        await manager.aput_stream(stream=b"x", field_name="f", filename="x", **place)  # type: ignore[call-arg]
-    with pytest.raises(TypeError, match="new_location"):
-        manager.new_location(field_name="f", **place, extra=None)  # type: ignore[call-arg]
-    with pytest.raises(TypeError, match="apresigned_upload"):
-        await manager.apresigned_upload(**place)  # type: ignore[call-arg]
-    assert not [key async for key in manager.backends["memory"].aiter_locations()]
