@@ -157,5 +157,3 @@ async def test_memory_and_local_cannot_presign() -> None:
         await manager.apresigned_upload(
             storage_key="a", model_name="m", entity_id=1, field_name="f"
         )
-
-
