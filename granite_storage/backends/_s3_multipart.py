@@ -31,17 +31,6 @@ from granite_storage.contracts import PutResult
 from granite_storage.errors import BackendError
 from granite_storage.streams import Sha256Digest
 
-__all__ = [
-    "MAX_PARTS",
-    "MAX_PART_SIZE",
-    "MIN_PART_SIZE",
-    "PartSplitter",
-    "UploadTarget",
-    "acleanup_multipart_uploads",
-    "first_error",
-    "upload_stream",
-]
-
 #: S3's smallest allowed part (all parts but the last), and its largest.
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PART_SIZE = 5 * 1024 * 1024 * 1024
