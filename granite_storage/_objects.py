@@ -89,7 +89,7 @@ class ObjectReader(abc.ABC):
             self._expect(expected)
 
     def _expect(self, ref: StoredObjectRef) -> None:
-        """Compare size and sha256 with ``ref`` once the end is reached."""
+        # Compare size and sha256 with ``ref`` once the end is reached.
         self._expected, self._digest = ref, Sha256Digest()
 
     @abc.abstractmethod

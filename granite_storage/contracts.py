@@ -54,9 +54,6 @@ __all__ = [
 _MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # SigV4's limit, the longest anyone signs
 
 
-#: The checked public methods of :class:`StorageBackend`, each with the
-#: primitive a backend implements instead. A subclass that overrides one of
-#: them is refused when it is defined.
 CHECKED_METHODS: Mapping[str, str] = MappingProxyType(
     {
         "aput_stream": "_aput",
@@ -73,6 +70,9 @@ CHECKED_METHODS: Mapping[str, str] = MappingProxyType(
         "aclose": "_aclose",
     }
 )
+"""The checked public methods of :class:`StorageBackend`, each with the
+primitive a backend implements instead. A subclass that overrides one of
+them is refused when it is defined."""
 
 
 class StorageBackend(abc.ABC):
