@@ -27,14 +27,12 @@ from typing import Any
 import anyio
 
 from granite_storage._concurrency import aclose_quietly
-from granite_storage._objects import (
-    BatchDeleteResult,
-    BytesReader,
-    ObjectInfo,
-    ObjectReader,
-    PresignedUpload,
-    PutResult,
-)
+from granite_storage._objects import BatchDeleteResult as BatchDeleteResult
+from granite_storage._objects import BytesReader as BytesReader
+from granite_storage._objects import ObjectInfo as ObjectInfo
+from granite_storage._objects import ObjectReader as ObjectReader
+from granite_storage._objects import PresignedUpload as PresignedUpload
+from granite_storage._objects import PutResult as PutResult
 from granite_storage._util import as_utc, batched
 from granite_storage.errors import InvalidLocationError, OperationNotSupportedError
 from granite_storage.locations import validate_location, validate_prefix
@@ -99,7 +97,7 @@ class StorageBackend(abc.ABC):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for name, primitive in CHECKED_METHODS.items():
-            if name in vars(cls):
+            if getattr(cls, name) is not vars(StorageBackend)[name]:  # mixins too
                 raise TypeError(
                     f"{cls.__qualname__} overrides StorageBackend.{name}(), which checks its "
                     f"arguments for every backend; implement {primitive}() instead"

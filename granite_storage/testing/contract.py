@@ -366,4 +366,4 @@ class BackendContractTests:
         self, backend: StorageBackend, method: str
     ) -> None:
         with pytest.raises(TypeError, match=f"implement {CHECKED_METHODS[method]}\\(\\)"):
-            type("Sneaky", (type(backend),), {method: getattr(StorageBackend, method)})
+            type("Sneaky", (type(backend),), {method: lambda self, *args, **kwargs: None})

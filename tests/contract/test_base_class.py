@@ -135,3 +135,12 @@ def test_the_refusal_names_the_primitive_to_implement() -> None:
         class Sneaky(MemoryStorageBackend):
             async def adelete_many(self, locations: Sequence[str]) -> BatchDeleteResult:
                 raise NotImplementedError
+
+    class Unchecked:
+        async def aexists(self, ref: StoredObjectRef) -> bool:
+            return True
+
+    with pytest.raises(TypeError, match=r"StorageBackend\.aexists\(\).*implement _aexists"):
+
+        class ThroughAMixin(Unchecked, MemoryStorageBackend):
+            pass
