@@ -139,13 +139,19 @@ class StorageBackend(abc.ABC):
 
     @abc.abstractmethod
     async def _aexists(self, location: str) -> bool:
-        """Whether ``location`` exists."""
+        """Whether ``location`` exists.
+
+        :raises ~granite_storage.errors.BackendError: if the store fails.
+        """
 
     @abc.abstractmethod
     def _aiter_objects(self, prefix: str | None) -> AsyncIterator[ObjectInfo]:
         """Every stored object under ``prefix`` at a ``/`` boundary (all when
         ``None``), streamed, in any order, with a timezone-aware UTC
-        ``last_modified``. Never temporary or incomplete uploads."""
+        ``last_modified``. Never temporary or incomplete uploads.
+
+        :raises ~granite_storage.errors.BackendError: if the store fails.
+        """
 
     async def _adelete_batch(self, locations: Sequence[str]) -> BatchDeleteResult:
         """Delete up to :attr:`delete_batch_size` distinct locations and
