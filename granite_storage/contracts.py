@@ -1,13 +1,9 @@
 """The base class of every storage backend, and the values it trades in.
 
-A backend is a subclass of :class:`StorageBackend` that implements a few
-primitives on already validated locations (``_aput``, ``_aopen``,
-``_adelete``, ``_aexists``, ``_aiter_objects``, optionally more). The public
-methods are the base class's own and cannot be overridden: they validate
-every location and prefix, batch deletions, check presign arguments and
-translate errors, once for every backend. Readers are :class:`ObjectReader`
-subclasses that only implement ``_read_chunk``; buffering, iteration and
-checksum verification are shared.
+A backend subclasses :class:`StorageBackend` and implements a few primitives
+on validated locations; the public methods, which cannot be overridden,
+check, batch and translate errors once for every backend. Readers subclass
+:class:`ObjectReader` and implement only ``_read_chunk``.
 """
 
 from __future__ import annotations
@@ -109,13 +105,10 @@ class StorageBackend(abc.ABC):
     async def _aput(
         self, location: str, chunks: AsyncIterator[bytes], content_type: str | None
     ) -> PutResult:
-        """Store ``chunks`` at ``location``, all or nothing.
-
-        The object becomes visible only once every chunk was written. If
-        ``chunks`` raises (``ContentTooLargeError``, a client that went
-        away), the write fails or the task is cancelled, nothing remains at
-        ``location``, no temporary data is left behind, and the original
-        exception propagates untranslated.
+        """Store ``chunks`` at ``location``, all or nothing: if ``chunks``
+        raises (``ContentTooLargeError``, a client that went away), the write
+        fails or the task is cancelled, nothing remains at ``location``, no
+        temporary data is left behind, and the exception propagates as it is.
 
         :raises ~granite_storage.errors.BackendError: if the store fails.
         """
