@@ -1,31 +1,41 @@
-"""The async backend protocol every storage backend implements.
+"""The base class of every storage backend, and the values it trades in.
 
-A backend is a subclass of :class:`StorageBackend`. It implements a handful of
-primitives on *locations* (``_aopen``, ``_adelete``, ``_aexists``,
-``aput_stream``, ``aiter_objects``); the public methods that take refs
-validate the location first, so a hostile ref never reaches the backend's
-I/O. Readers are :class:`ObjectReader` subclasses that only implement
-``_read_chunk``; buffering, iteration and checksum verification are shared.
+A backend subclasses :class:`StorageBackend` and implements a few primitives
+on validated locations; the public methods, which cannot be overridden,
+check, batch and translate errors once for every backend. Readers subclass
+:class:`ObjectReader` and implement only ``_read_chunk``.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+    nullcontext,
+)
 from datetime import datetime, timedelta
-from types import TracebackType
+from types import MappingProxyType
 from typing import Any
 
 import anyio
 
-from granite_storage.errors import ChecksumMismatchError, OperationNotSupportedError
+from granite_storage._concurrency import aclose_quietly
+from granite_storage._objects import BatchDeleteResult as BatchDeleteResult
+from granite_storage._objects import BytesReader as BytesReader
+from granite_storage._objects import ObjectInfo as ObjectInfo
+from granite_storage._objects import ObjectReader as ObjectReader
+from granite_storage._objects import PresignedUpload as PresignedUpload
+from granite_storage._objects import PutResult as PutResult
+from granite_storage._util import as_utc, batched
+from granite_storage.errors import InvalidLocationError, OperationNotSupportedError
 from granite_storage.locations import validate_location, validate_prefix
 from granite_storage.refs import StoredObjectRef
-from granite_storage.streams import DEFAULT_CHUNK_SIZE, Sha256Digest
 
 __all__ = [
+    "CHECKED_METHODS",
     "BatchDeleteResult",
     "BytesReader",
     "ObjectInfo",
@@ -35,164 +45,39 @@ __all__ = [
     "StorageBackend",
 ]
 
-
-@dataclass(frozen=True, slots=True)
-class PutResult:
-    """What a backend learned while writing an object."""
-
-    size: int
-    checksum: str
-    extra: dict[str, Any] | None = None
+_MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # SigV4's limit, the longest anyone signs
 
 
-@dataclass(frozen=True, slots=True)
-class ObjectInfo:
-    """One object found by :meth:`StorageBackend.aiter_objects`."""
-
-    location: str
-    size: int
-    #: Timezone-aware UTC time of the last write, at the backend's resolution.
-    last_modified: datetime
-
-
-@dataclass(slots=True)
-class BatchDeleteResult:
-    """The outcome of :meth:`StorageBackend.adelete_many`: what went and what
-    failed, with the reason per location. Missing objects count as deleted."""
-
-    deleted: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class PresignedUpload:
-    """A presigned request a browser can send to upload one object directly.
-
-    ``method`` is ``"POST"`` (send ``fields`` plus the file as multipart form
-    data to ``url``) or ``"PUT"`` (send the body to ``url`` with ``headers``).
-    """
-
-    method: str
-    url: str
-    location: str
-    fields: dict[str, str] = field(default_factory=dict)
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-class ObjectReader(abc.ABC):
-    """An open stored object: ``await reader.read(n)`` or ``async for chunk in reader``.
-
-    ``read(n)`` returns exactly ``n`` bytes unless the object ends first;
-    ``read()`` returns the rest. With ``verify=True`` the size and sha256 of
-    the bytes read are compared with the ref once the end is reached, and
-    :class:`~granite_storage.errors.ChecksumMismatchError` is raised on a
-    difference.
-    """
-
-    def __init__(
-        self,
-        *,
-        size: int | None,
-        expected: StoredObjectRef | None = None,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
-    ) -> None:
-        #: The number of bytes this reader will return, when known.
-        self.size = size
-        self.chunk_size = chunk_size
-        self._expected = expected
-        self._digest = Sha256Digest() if expected is not None else None
-        self._buffer = b""
-        self._eof = False
-
-    @abc.abstractmethod
-    async def _read_chunk(self, max_bytes: int) -> bytes:
-        """Return up to ``max_bytes`` (at least one) or ``b""`` at the end."""
-
-    async def aclose(self) -> None:  # noqa: B027 - optional hook
-        """Release what the reader holds. Called when the ``async with`` ends."""
-
-    async def _next_chunk(self, max_bytes: int) -> bytes:
-        if self._buffer:
-            chunk, self._buffer = self._buffer[:max_bytes], self._buffer[max_bytes:]
-            return chunk
-        if self._eof:
-            return b""
-        raw = await self._read_chunk(max_bytes)
-        if self._digest is not None:
-            await self._digest.aupdate(raw)
-        if not raw:
-            self._eof = True
-            self._verify()
-            return b""
-        chunk, self._buffer = raw[:max_bytes], raw[max_bytes:]
-        return chunk
-
-    def _verify(self) -> None:
-        if self._digest is None or self._expected is None:
-            return
-        expected, digest = self._expected, self._digest
-        if digest.size != expected.size or digest.checksum != expected.checksum:
-            raise ChecksumMismatchError(
-                f"object {expected.location!r} does not match its ref: expected "
-                f"{expected.size} bytes with {expected.checksum}, read {digest.size} bytes "
-                f"with {digest.checksum}",
-                expected=expected.checksum,
-                actual=digest.checksum,
-            )
-
-    async def read(self, n: int = -1) -> bytes:
-        """Read ``n`` bytes (fewer only at the end), or everything left when ``n < 0``."""
-        parts: list[bytes] = []
-        remaining = n
-        while remaining != 0:
-            chunk = await self._next_chunk(self.chunk_size if remaining < 0 else remaining)
-            if not chunk:
-                break
-            parts.append(chunk)
-            if remaining > 0:
-                remaining -= len(chunk)
-        return b"".join(parts)
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[bytes]:
-        while chunk := await self._next_chunk(self.chunk_size):
-            yield chunk
-
-    async def __aenter__(self) -> ObjectReader:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with anyio.CancelScope(shield=True):
-            await self.aclose()
-
-
-class BytesReader(ObjectReader):
-    """A reader over bytes already in memory."""
-
-    def __init__(self, data: bytes, *, expected: StoredObjectRef | None = None) -> None:
-        super().__init__(size=len(data), expected=expected)
-        self._view = memoryview(data)
-        self._pos = 0
-
-    async def _read_chunk(self, max_bytes: int) -> bytes:
-        chunk = bytes(self._view[self._pos : self._pos + max_bytes])
-        self._pos += len(chunk)
-        return chunk
+CHECKED_METHODS: Mapping[str, str] = MappingProxyType(
+    {
+        "aput_stream": "_aput",
+        "aopen": "_aopen",
+        "aget": "_aopen",
+        "adelete": "_adelete",
+        "aexists": "_aexists",
+        "aiter_objects": "_aiter_objects",
+        "aiter_locations": "_aiter_objects",
+        "adelete_many": "_adelete_batch",
+        "acleanup_leftovers": "_acleanup_leftovers",
+        "apresigned_download_url": "_apresign_download",
+        "apresigned_upload": "_apresign_upload",
+        "aclose": "_aclose",
+    }
+)
+"""The checked public methods of :class:`StorageBackend`, each with the
+primitive a backend implements instead. A subclass that overrides one of
+them is refused when it is defined."""
 
 
 class StorageBackend(abc.ABC):
-    """The async protocol of a storage backend.
+    """The base class of every storage backend: checks once, primitives below.
 
-    Subclasses implement the abstract primitives; everything else has a
-    correct default that a backend may override to do better (S3 deletes
-    in batches of 1000, for example).
+    The public methods (:data:`CHECKED_METHODS`) validate every location and
+    prefix before a primitive sees it, cut deletions into batches and run
+    them concurrently, check presign arguments and translate the backend's
+    errors at one edge (:meth:`_translate_errors`). They cannot be
+    overridden: a subclass implements the primitives, which only ever
+    receive validated locations.
     """
 
     #: The name written into every ref's ``backend`` field.
@@ -200,69 +85,134 @@ class StorageBackend(abc.ABC):
     #: The granularity of :attr:`ObjectInfo.last_modified` (S3 has whole
     #: seconds). The garbage collector widens its age cutoff by this much.
     timestamp_resolution: timedelta = timedelta(0)
-    #: How many single deletes :meth:`adelete_many` runs at once by default.
+    #: Locations per :meth:`_adelete_batch` call (1: one delete at a time).
+    delete_batch_size: int = 1
+    #: How many :meth:`_adelete_batch` calls :meth:`adelete_many` runs at once.
     delete_concurrency: int = 16
 
-    # -- primitives -------------------------------------------------------
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, primitive in CHECKED_METHODS.items():
+            if getattr(cls, name) is not vars(StorageBackend)[name]:  # mixins too
+                raise TypeError(
+                    f"{cls.__qualname__} overrides StorageBackend.{name}(), which checks its "
+                    f"arguments for every backend; implement {primitive}() instead"
+                )
+
+    # -- primitives: locations and prefixes are already validated -----------
 
     @abc.abstractmethod
-    async def aput_stream(
-        self,
-        *,
-        key: str,
-        chunks: AsyncIterator[bytes],
-        content_type: str | None = None,
+    async def _aput(
+        self, location: str, chunks: AsyncIterator[bytes], content_type: str | None
     ) -> PutResult:
-        """Store ``chunks`` at location ``key``, all or nothing.
+        """Store ``chunks`` at ``location``, all or nothing: if ``chunks``
+        raises (``ContentTooLargeError``, a client that went away), the write
+        fails or the task is cancelled, nothing remains at ``location``, no
+        temporary data is left behind, and the exception propagates as it is.
 
-        The object becomes visible only once every chunk was written. If
-        ``chunks`` raises (``ContentTooLargeError`` from the size limiter, a
-        client that went away), the write fails or the task is cancelled,
-        nothing remains at ``key`` and no temporary data is left behind, and
-        the original exception propagates.
-
-        :raises ~granite_storage.errors.BackendError: if the backend fails.
+        :raises ~granite_storage.errors.BackendError: if the store fails.
         """
 
     @abc.abstractmethod
     def _aopen(
-        self,
-        location: str,
-        *,
-        size: int | None,
-        start: int,
-        end: int | None,
-        expected: StoredObjectRef | None,
+        self, location: str, start: int, end: int | None
     ) -> AbstractAsyncContextManager[ObjectReader]:
-        """Open ``location`` (already validated) for reading bytes ``start``
-        to ``end`` (exclusive; ``None`` for the end).
+        """Open bytes ``start`` to ``end`` (exclusive; ``None``: to the end)
+        of ``location``; a range past the end reads ``b""``.
 
         :raises ~granite_storage.errors.ObjectNotFoundError: if it does not exist.
         """
 
     @abc.abstractmethod
     async def _adelete(self, location: str) -> None:
-        """Delete ``location`` (already validated); no error if it is missing."""
+        """Delete ``location``; a missing object is not an error.
+
+        :raises ~granite_storage.errors.BackendError: if the store fails.
+        """
 
     @abc.abstractmethod
     async def _aexists(self, location: str) -> bool:
-        """Whether ``location`` (already validated) exists."""
+        """Whether ``location`` exists.
+
+        :raises ~granite_storage.errors.BackendError: if the store fails.
+        """
 
     @abc.abstractmethod
-    def aiter_objects(self, prefix: str | None = None) -> AsyncIterator[ObjectInfo]:
-        """Every stored object whose location lies under ``prefix`` at a ``/``
-        boundary (all objects when ``None``), as bare locations. Never lists
-        temporary or incomplete uploads. Order is unspecified."""
+    def _aiter_objects(self, prefix: str | None) -> AsyncIterator[ObjectInfo]:
+        """Every stored object under ``prefix`` at a ``/`` boundary (all when
+        ``None``), streamed, in any order, with a timezone-aware UTC
+        ``last_modified``. Never temporary or incomplete uploads.
 
-    # -- public API on refs ----------------------------------------------
+        :raises ~granite_storage.errors.BackendError: if the store fails.
+        """
+
+    async def _adelete_batch(self, locations: Sequence[str]) -> BatchDeleteResult:
+        """Delete up to :attr:`delete_batch_size` distinct locations and
+        report each; raising counts every location of the batch as failed.
+        The default calls :meth:`_adelete` for each in turn."""
+        result = BatchDeleteResult()
+        for location in locations:
+            try:
+                with self._translate_errors("delete", location):
+                    await self._adelete(location)
+            except Exception as exc:  # reported, not raised: the batch goes on
+                result.failed[location] = _reason(exc)
+            else:
+                result.deleted.append(location)
+        return result
+
+    async def _acleanup_leftovers(self, older_than: datetime, dry_run: bool) -> int:
+        """Remove the incomplete uploads started before ``older_than``
+        (aware, UTC); return how many there were. The default has none."""
+        return 0
+
+    async def _apresign_download(
+        self, location: str, *, expires_in: int, content_disposition: str | None
+    ) -> str:
+        """A URL that downloads ``location`` for ``expires_in`` seconds.
+
+        :raises ~granite_storage.errors.OperationNotSupportedError: by default.
+        """
+        raise OperationNotSupportedError(
+            f"backend {self.backend_name!r} cannot presign URLs; stream the object "
+            "through your application with aopen() instead"
+        )
+
+    async def _apresign_upload(
+        self, location: str, *, max_size: int | None, content_type: str | None, expires_in: int
+    ) -> PresignedUpload:
+        """A presigned request that uploads one object to ``location``.
+
+        :raises ~granite_storage.errors.OperationNotSupportedError: by default.
+        """
+        raise OperationNotSupportedError(
+            f"backend {self.backend_name!r} cannot presign uploads; upload through "
+            "your application with aput_stream() instead"
+        )
+
+    async def _aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and clients; runs shielded from cancellation."""
+
+    def _translate_errors(self, action: str, location: str | None) -> AbstractContextManager[None]:
+        """The one edge where the store's own exceptions become
+        :class:`~granite_storage.errors.StorageError`: wraps every primitive
+        call but :meth:`_aput` (whose source's errors must pass unchanged).
+        ``action`` reads "could not {action} {location}"."""
+        return nullcontext()
+
+    # -- the checked public methods ------------------------------------------
+
+    async def aput_stream(
+        self, *, key: str, chunks: AsyncIterator[bytes], content_type: str | None = None
+    ) -> PutResult:
+        """Store ``chunks`` at location ``key``, all or nothing (see :meth:`_aput`).
+
+        :raises InvalidLocationError: before any I/O if ``key`` is unsafe.
+        """
+        return await self._aput(validate_location(key), chunks, content_type)
 
     def aopen(
-        self,
-        ref: StoredObjectRef,
-        *,
-        verify: bool = False,
-        start: int = 0,
-        end: int | None = None,
+        self, ref: StoredObjectRef, *, verify: bool = False, start: int = 0, end: int | None = None
     ) -> AbstractAsyncContextManager[ObjectReader]:
         """Open the object of ``ref`` for streaming reads.
 
@@ -277,13 +227,17 @@ class StorageBackend(abc.ABC):
         if start < 0 or (end is not None and end < start):
             raise ValueError(f"invalid byte range start={start} end={end}")
         whole = start == 0 and end is None
-        return self._aopen(
-            location,
-            size=ref.size if whole and ref.size else None,
-            start=start,
-            end=end,
-            expected=ref if verify and whole else None,
-        )
+        return self._aopen_checked(location, start, end, ref if verify and whole else None)
+
+    @asynccontextmanager
+    async def _aopen_checked(
+        self, location: str, start: int, end: int | None, expected: StoredObjectRef | None
+    ) -> AsyncIterator[ObjectReader]:
+        with self._translate_errors("read", location):
+            async with self._aopen(location, start, end) as reader:
+                if expected is not None:
+                    reader._expect(expected)
+                yield reader
 
     async def aget(self, ref: StoredObjectRef, *, verify: bool = False) -> bytes:
         """The whole content of ``ref``'s object. See :meth:`aopen`."""
@@ -292,45 +246,78 @@ class StorageBackend(abc.ABC):
 
     async def adelete(self, ref: StoredObjectRef) -> None:
         """Delete ``ref``'s object; deleting a missing object is not an error."""
-        await self._adelete(validate_location(ref.location))
+        location = validate_location(ref.location)
+        with self._translate_errors("delete", location):
+            await self._adelete(location)
 
     async def aexists(self, ref: StoredObjectRef) -> bool:
         """Whether ``ref``'s object exists."""
-        return await self._aexists(validate_location(ref.location))
+        location = validate_location(ref.location)
+        with self._translate_errors("check", location):
+            return await self._aexists(location)
+
+    async def aiter_objects(self, prefix: str | None = None) -> AsyncIterator[ObjectInfo]:
+        """Every stored object under ``prefix`` at a ``/`` boundary (all
+        objects when ``None``), as bare locations; never temporary uploads,
+        nor objects whose key is not a valid location (such as ``folder/``
+        markers). Order is unspecified.
+
+        :raises InvalidLocationError: if ``prefix`` is unsafe.
+        """
+        prefix = validate_prefix(prefix)
+        objects = self._aiter_objects(prefix)
+        try:
+            with self._translate_errors("list", prefix):
+                async for info in objects:
+                    if _is_valid(info.location):
+                        yield info
+        finally:
+            await aclose_quietly(objects)
 
     async def aiter_locations(self, prefix: str | None = None) -> AsyncIterator[str]:
         """The bare location of every object under ``prefix``; see :meth:`aiter_objects`."""
-        async for info in self.aiter_objects(validate_prefix(prefix)):
+        async for info in self.aiter_objects(prefix):
             yield info.location
 
     async def adelete_many(self, locations: Sequence[str]) -> BatchDeleteResult:
-        """Delete many locations; failures are reported per location, not raised.
-
-        The default runs :attr:`delete_concurrency` single deletes at once.
-        """
+        """Delete many locations: :attr:`delete_batch_size` per
+        :meth:`_adelete_batch` call, :attr:`delete_concurrency` calls at once.
+        Failures (unsafe locations included) are reported per location, not
+        raised; missing objects count as deleted."""
         result = BatchDeleteResult()
-        pending = iter(locations)
+        valid: dict[str, None] = {}
+        for location in locations:
+            try:
+                valid[validate_location(location)] = None
+            except InvalidLocationError as exc:
+                result.failed[location] = _reason(exc)
+        batches = iter(batched(list(valid), self.delete_batch_size))
 
         async def worker() -> None:
-            # A few workers share one iterator: no task per location.
-            for location in pending:
+            # A few workers share one iterator: no task per batch.
+            for batch in batches:
                 try:
-                    await self._adelete(validate_location(location))
-                except Exception as exc:  # reported, not raised: one failure must not stop a batch
-                    result.failed[location] = f"{type(exc).__name__}: {exc}"
-                else:
-                    result.deleted.append(location)
+                    with self._translate_errors(f"delete {len(batch)} objects from", None):
+                        done = await self._adelete_batch(batch)
+                except Exception as exc:  # reported per location, not raised
+                    done = BatchDeleteResult(failed=dict.fromkeys(batch, _reason(exc)))
+                result.deleted.extend(done.deleted)
+                result.failed.update(done.failed)
 
         async with anyio.create_task_group() as tg:
-            for _ in range(min(self.delete_concurrency, len(locations))):
+            for _ in range(min(self.delete_concurrency, len(valid))):
                 tg.start_soon(worker)
         return result
 
     async def acleanup_leftovers(self, *, older_than: datetime, dry_run: bool = True) -> int:
         """Remove incomplete uploads (temporary files, pending multipart
         uploads) started before ``older_than``; return how many there were.
-        The default has none to remove."""
-        return 0
+
+        :raises ValueError: if ``older_than`` is naive.
+        """
+        older_than = as_utc(older_than)
+        with self._translate_errors("clean up incomplete uploads in", None):
+            return await self._acleanup_leftovers(older_than, dry_run)
 
     async def apresigned_download_url(
         self,
@@ -339,15 +326,21 @@ class StorageBackend(abc.ABC):
         expires_in: int = 3600,
         content_disposition: str | None = None,
     ) -> str:
-        """A URL that downloads ``ref``'s object without credentials.
+        """A URL that downloads ``ref``'s object without credentials, valid
+        ``expires_in`` seconds; ``content_disposition`` becomes the response's
+        ``Content-Disposition`` header.
 
+        :raises InvalidLocationError: if the ref's location is unsafe.
+        :raises ValueError: if ``expires_in`` is not between 1 s and 7 days.
         :raises ~granite_storage.errors.OperationNotSupportedError: if the
             backend cannot sign URLs (local disk and memory cannot).
         """
-        raise OperationNotSupportedError(
-            f"backend {self.backend_name!r} cannot presign URLs; stream the object "
-            "through your application with aopen() instead"
-        )
+        location = validate_location(ref.location)
+        _check_expiry(expires_in)
+        with self._translate_errors("presign a download of", location):
+            return await self._apresign_download(
+                location, expires_in=expires_in, content_disposition=content_disposition
+            )
 
     async def apresigned_upload(
         self,
@@ -359,13 +352,39 @@ class StorageBackend(abc.ABC):
     ) -> PresignedUpload:
         """A presigned request for uploading one object straight to ``key``.
 
+        :raises InvalidLocationError: if ``key`` is unsafe.
+        :raises ValueError: if ``expires_in`` is not between 1 s and 7 days.
         :raises ~granite_storage.errors.OperationNotSupportedError: if the
             backend cannot sign uploads.
         """
-        raise OperationNotSupportedError(
-            f"backend {self.backend_name!r} cannot presign uploads; upload through "
-            "your application with aput_stream() instead"
-        )
+        location = validate_location(key)
+        _check_expiry(expires_in)
+        with self._translate_errors("presign an upload to", location):
+            return await self._apresign_upload(
+                location, max_size=max_size, content_type=content_type, expires_in=expires_in
+            )
 
-    async def aclose(self) -> None:  # noqa: B027 - optional hook
+    async def aclose(self) -> None:
         """Release connections and clients. Called by ``StorageManager.aclose``."""
+        with anyio.CancelScope(shield=True):
+            await self._aclose()
+
+
+def _is_valid(location: str) -> bool:
+    try:
+        validate_location(location)
+    except InvalidLocationError:
+        return False
+    return True
+
+
+def _reason(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _check_expiry(expires_in: int) -> None:
+    if not 1 <= expires_in <= _MAX_PRESIGN_SECONDS:
+        raise ValueError(
+            f"expires_in must be between 1 and {_MAX_PRESIGN_SECONDS} seconds (7 days), "
+            f"got {expires_in}"
+        )

@@ -1,6 +1,7 @@
 """The S3 backend's edge: botocore and aiohttp errors become granite_storage
-errors here, in one place (:func:`s3_errors`), with the original exception kept
-as ``__cause__``; and the reader that streams a GetObject body.
+errors here, in one place (:func:`s3_errors`, which the backend's
+``_translate_errors`` returns), with the original exception kept as
+``__cause__``; and the reader that streams a GetObject body.
 
 Imported only by :mod:`granite_storage.backends.s3`, after it checked that
 aioboto3 is installed.
@@ -21,16 +22,7 @@ from botocore.exceptions import (
 )
 
 from granite_storage.contracts import ObjectReader
-from granite_storage.errors import (
-    BackendError,
-    ConfigurationError,
-    InvalidLocationError,
-    ObjectNotFoundError,
-)
-from granite_storage.locations import validate_location
-from granite_storage.refs import StoredObjectRef
-
-__all__ = ["S3Reader", "error_code", "is_not_found", "is_valid_location", "s3_errors"]
+from granite_storage.errors import BackendError, ConfigurationError, ObjectNotFoundError
 
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _ACCESS_CODES = frozenset(
@@ -75,34 +67,16 @@ def s3_errors(action: str, bucket: str, location: str | None = None) -> Iterator
         raise BackendError(f"S3 could not {action} {what}: {exc}") from exc
 
 
-def is_valid_location(location: str) -> bool:
-    try:
-        validate_location(location)
-    except InvalidLocationError:
-        return False
-    return True
-
-
 class S3Reader(ObjectReader):
-    """Streams a GetObject body; releases the connection when closed."""
+    """Streams a GetObject body; releases the connection when closed. Its
+    errors are translated by the backend's edge, around the whole read."""
 
-    def __init__(
-        self,
-        body: Any,
-        *,
-        size: int | None,
-        expected: StoredObjectRef | None,
-        bucket: str,
-        location: str,
-    ) -> None:
-        super().__init__(size=size, expected=expected)
+    def __init__(self, body: Any, *, size: int | None) -> None:
+        super().__init__(size=size)
         self._body = body
-        self._bucket = bucket
-        self._location = location
 
     async def _read_chunk(self, max_bytes: int) -> bytes:
-        with s3_errors("read", self._bucket, self._location):
-            chunk: bytes = await self._body.read(max_bytes)
+        chunk: bytes = await self._body.read(max_bytes)
         return chunk
 
     async def aclose(self) -> None:

@@ -19,7 +19,7 @@ import io
 import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import anyio
@@ -27,20 +27,10 @@ import anyio.lowlevel
 import anyio.to_thread
 from botocore.exceptions import ClientError
 
+from granite_storage._util import as_utc
 from granite_storage.contracts import PutResult
 from granite_storage.errors import BackendError
 from granite_storage.streams import Sha256Digest
-
-__all__ = [
-    "MAX_PARTS",
-    "MAX_PART_SIZE",
-    "MIN_PART_SIZE",
-    "PartSplitter",
-    "UploadTarget",
-    "acleanup_multipart_uploads",
-    "first_error",
-    "upload_stream",
-]
 
 #: S3's smallest allowed part (all parts but the last), and its largest.
 MIN_PART_SIZE = 5 * 1024 * 1024
@@ -359,10 +349,7 @@ async def acleanup_multipart_uploads(
     paginator = client.get_paginator("list_multipart_uploads")
     async for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
         for upload in page.get("Uploads", ()):
-            initiated: datetime = upload["Initiated"]
-            if initiated.tzinfo is None:
-                initiated = initiated.replace(tzinfo=UTC)
-            if initiated >= older_than:
+            if as_utc(upload["Initiated"]) >= older_than:
                 continue
             count += 1
             if dry_run:

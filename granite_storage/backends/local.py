@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager, suppress
-from datetime import UTC, datetime
+from contextlib import AbstractContextManager, asynccontextmanager, suppress
+from datetime import datetime
 from functools import partial
 from itertools import chain
 from pathlib import Path
@@ -24,7 +24,13 @@ import anyio
 import anyio.to_thread
 
 from granite_storage._concurrency import Checkpoint, copy_slots, run_stoppable
-from granite_storage._util import batched
+from granite_storage.backends._local_io import (
+    TEMP_DIR_NAME,
+    FileReader,
+    remove_temp_files,
+    scan,
+    translate_os_errors,
+)
 from granite_storage.contracts import (
     BatchDeleteResult,
     ObjectInfo,
@@ -32,54 +38,11 @@ from granite_storage.contracts import (
     PutResult,
     StorageBackend,
 )
-from granite_storage.errors import (
-    BackendError,
-    InvalidLocationError,
-    ObjectNotFoundError,
-    StorageError,
-)
-from granite_storage.locations import unique_name, validate_location, validate_prefix
-from granite_storage.refs import StoredObjectRef
+from granite_storage.errors import BackendError, InvalidLocationError, StorageError
+from granite_storage.locations import unique_name
 from granite_storage.streams import BlockingPull, HashingThread, Sha256Digest, blocking_pull
 
 __all__ = ["TEMP_DIR_NAME", "LocalStorageBackend"]
-
-#: The directory under the root that holds uploads in progress. Locations
-#: built by granite_storage never start with a dot, so it cannot collide.
-TEMP_DIR_NAME = ".granite-tmp"
-_LIST_BATCH = 1000
-_DELETE_BATCH = 256
-_DELETE_WORKERS = 4
-
-
-@contextmanager
-def _translate_os_errors(action: str, location: str) -> Iterator[None]:
-    """The one edge where OS errors become granite_storage errors."""
-    try:
-        yield
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
-        raise ObjectNotFoundError(f"no object at {location!r}", location=location) from exc
-    except OSError as exc:
-        raise BackendError(
-            f"local storage could not {action} {location!r}: {exc.strerror or exc}"
-        ) from exc
-
-
-class _FileReader(ObjectReader):
-    def __init__(self, file: BinaryIO, *, size: int, expected: StoredObjectRef | None) -> None:
-        super().__init__(size=size, expected=expected)
-        self._file = file
-        self._remaining = size
-
-    async def _read_chunk(self, max_bytes: int) -> bytes:
-        if self._remaining <= 0:
-            return b""
-        chunk = await anyio.to_thread.run_sync(self._file.read, min(max_bytes, self._remaining))
-        self._remaining -= len(chunk)
-        return chunk
-
-    async def aclose(self) -> None:
-        await anyio.to_thread.run_sync(self._file.close)
 
 
 class LocalStorageBackend(StorageBackend):
@@ -93,6 +56,9 @@ class LocalStorageBackend(StorageBackend):
     """
 
     backend_name = "local"
+    #: One worker-thread call deletes a batch: far fewer hand-offs than one per object.
+    delete_batch_size = 256
+    delete_concurrency = 4
 
     def __init__(self, root_dir: str | os.PathLike[str], *, fsync: bool = True) -> None:
         # No I/O here: constructors run inside event loops. The root is
@@ -216,10 +182,10 @@ class LocalStorageBackend(StorageBackend):
         cancelled; the temporary file is then removed."""
         first = pull()
         if first is None or (second := pull()) is None:  # one chunk at most: no hash thread
-            with _translate_os_errors("write", location):
+            with translate_os_errors("write", location):
                 return self._put_whole(first or b"", location)
         digest = Sha256Digest()
-        with _translate_os_errors("create a temporary file for", location):
+        with translate_os_errors("create a temporary file for", location):
             file, temp = self._open_temp()
         try:
             gate = copy_slots.gate()
@@ -227,10 +193,10 @@ class LocalStorageBackend(StorageBackend):
                 for chunk in chain((first, second), iter(pull, None)):
                     with gate:  # no more copies writing and hashing at once than cores
                         hasher.update(chunk)
-                        with _translate_os_errors("write", location):
+                        with translate_os_errors("write", location):
                             _write_all(file, chunk)
                     checkpoint()
-            with _translate_os_errors("write", location):
+            with translate_os_errors("write", location):
                 self._commit(file, temp, location)
         except BaseException:
             self._discard(file, temp)
@@ -278,7 +244,7 @@ class LocalStorageBackend(StorageBackend):
         result = BatchDeleteResult()
         for location in locations:
             try:
-                with _translate_os_errors("delete", location):
+                with translate_os_errors("delete", location):
                     self._delete(location)
             except StorageError as exc:  # reported per location, the batch goes on
                 result.failed[location] = f"{type(exc).__name__}: {exc}"
@@ -291,63 +257,19 @@ class LocalStorageBackend(StorageBackend):
         return os.path.isfile(real)
 
     def _scan(self, prefix: str | None) -> Iterator[list[ObjectInfo]]:
-        root = self._root()
-        start = os.path.join(root, prefix) if prefix else root
-        cut = len(os.path.join(root, ""))  # every path below starts with it ("/" too)
-        stack = [start]
-        batch: list[ObjectInfo] = []
-        while stack:
-            directory = stack.pop()
-            try:
-                entries = os.scandir(directory)
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            with entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        if not (directory == root and entry.name == TEMP_DIR_NAME):
-                            stack.append(entry.path)
-                    elif entry.is_file(follow_symlinks=False):
-                        st = entry.stat(follow_symlinks=False)
-                        location = entry.path[cut:].replace(os.sep, "/")
-                        batch.append(
-                            ObjectInfo(
-                                location, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)
-                            )
-                        )
-                        if len(batch) >= _LIST_BATCH:
-                            yield batch
-                            batch = []
-        if batch:
-            yield batch
+        yield from scan(self._root(), prefix)
 
     def _cleanup_temp(self, older_than: datetime, dry_run: bool) -> int:
-        cutoff = older_than.timestamp()
-        removed = 0
-        with os.scandir(os.path.join(self._root(), TEMP_DIR_NAME)) as entries:
-            for entry in entries:
-                try:
-                    if not entry.is_file(follow_symlinks=False):
-                        continue
-                    if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
-                        continue
-                    if not dry_run:
-                        os.unlink(entry.path)
-                except FileNotFoundError:
-                    continue  # an upload finished or was discarded meanwhile
-                removed += 1
-        return removed
+        return remove_temp_files(os.path.join(self._root(), TEMP_DIR_NAME), older_than, dry_run)
 
-    # -- the async protocol --------------------------------------------------
+    # -- the primitives ------------------------------------------------------
 
-    async def aput_stream(
-        self,
-        *,
-        key: str,
-        chunks: AsyncIterator[bytes],
-        content_type: str | None = None,
+    def _translate_errors(self, action: str, location: str | None) -> AbstractContextManager[None]:
+        return translate_os_errors(action, location)
+
+    async def _aput(
+        self, location: str, chunks: AsyncIterator[bytes], content_type: str | None
     ) -> PutResult:
-        location = validate_location(key)
         pull = blocking_pull(chunks)
         if pull is not None:
             # A sync file or bytes in memory: read, hash and write it all in
@@ -360,18 +282,18 @@ class LocalStorageBackend(StorageBackend):
         first = await anext(chunks, b"")
         second = await anext(chunks, None) if first else None
         if second is None:
-            with _translate_os_errors("write", location):
+            with translate_os_errors("write", location):
                 return await anyio.to_thread.run_sync(self._put_whole, first, location)
-        with _translate_os_errors("create a temporary file for", location):
+        with translate_os_errors("create a temporary file for", location):
             file, temp = await anyio.to_thread.run_sync(self._open_temp)
         digest = Sha256Digest()
         try:
-            with _translate_os_errors("write", location):
+            with translate_os_errors("write", location):
                 await _write_while_hashing(file, first, digest)
             chunk: bytes | None = second
             while chunk is not None:
                 chunk = await _write_while_hashing(file, chunk, digest, location, chunks)
-            with _translate_os_errors("write", location):
+            with translate_os_errors("write", location):
                 await anyio.to_thread.run_sync(self._commit, file, temp, location)
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -381,65 +303,29 @@ class LocalStorageBackend(StorageBackend):
 
     @asynccontextmanager
     async def _aopen(
-        self,
-        location: str,
-        *,
-        size: int | None,
-        start: int,
-        end: int | None,
-        expected: StoredObjectRef | None,
+        self, location: str, start: int, end: int | None
     ) -> AsyncIterator[ObjectReader]:
-        with _translate_os_errors("open", location):
-            file, length = await anyio.to_thread.run_sync(self._open_for_read, location, start, end)
-        reader = _FileReader(file, size=length, expected=expected)
-        async with reader:
-            with _translate_os_errors("read", location):
-                yield reader
+        file, size = await anyio.to_thread.run_sync(self._open_for_read, location, start, end)
+        async with FileReader(file, size=size) as reader:
+            yield reader
 
     async def _adelete(self, location: str) -> None:
-        with _translate_os_errors("delete", location):
-            await anyio.to_thread.run_sync(self._delete, location)
+        await anyio.to_thread.run_sync(self._delete, location)
 
-    async def adelete_many(self, locations: Sequence[str]) -> BatchDeleteResult:
-        """Delete many locations in batches of :data:`_DELETE_BATCH`, one
-        worker-thread call per batch and a few batches at once: far fewer
-        thread hand-offs than one call per object. Failures are reported per
-        location, not raised."""
-        result = BatchDeleteResult()
-        valid: list[str] = []
-        for location in locations:
-            try:
-                valid.append(validate_location(location))
-            except InvalidLocationError as exc:
-                result.failed[location] = f"{type(exc).__name__}: {exc}"
-        batches = iter(batched(valid, _DELETE_BATCH))
-
-        async def worker() -> None:
-            for batch in batches:
-                done = await anyio.to_thread.run_sync(self._delete_batch, batch)
-                result.deleted.extend(done.deleted)
-                result.failed.update(done.failed)
-
-        async with anyio.create_task_group() as tg:
-            for _ in range(_DELETE_WORKERS):
-                tg.start_soon(worker)
-        return result
+    async def _adelete_batch(self, locations: Sequence[str]) -> BatchDeleteResult:
+        return await anyio.to_thread.run_sync(self._delete_batch, locations)
 
     async def _aexists(self, location: str) -> bool:
-        with _translate_os_errors("check", location):
-            return await anyio.to_thread.run_sync(self._exists, location)
+        return await anyio.to_thread.run_sync(self._exists, location)
 
-    async def aiter_objects(self, prefix: str | None = None) -> AsyncIterator[ObjectInfo]:
-        prefix = validate_prefix(prefix)
-        with _translate_os_errors("list", prefix or ""):
-            batches = await anyio.to_thread.run_sync(self._scan, prefix)
-            while (batch := await anyio.to_thread.run_sync(next, batches, None)) is not None:
-                for info in batch:
-                    yield info
+    async def _aiter_objects(self, prefix: str | None) -> AsyncIterator[ObjectInfo]:
+        batches = self._scan(prefix)  # a generator: no I/O until the first next()
+        while (batch := await anyio.to_thread.run_sync(next, batches, None)) is not None:
+            for info in batch:
+                yield info
 
-    async def acleanup_leftovers(self, *, older_than: datetime, dry_run: bool = True) -> int:
-        with _translate_os_errors("clean up temporary files in", TEMP_DIR_NAME):
-            return await anyio.to_thread.run_sync(self._cleanup_temp, older_than, dry_run)
+    async def _acleanup_leftovers(self, older_than: datetime, dry_run: bool) -> int:
+        return await anyio.to_thread.run_sync(self._cleanup_temp, older_than, dry_run)
 
 
 async def _write_while_hashing(
@@ -480,7 +366,7 @@ async def _write_while_hashing(
         except OSError as exc:  # raised below, unwrapped from the task group
             write_error = exc
     if write_error is not None:
-        with _translate_os_errors("write", location):
+        with translate_os_errors("write", location):
             raise write_error
     if source_error is not None:
         raise source_error

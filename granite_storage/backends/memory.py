@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from granite_storage._util import DEFAULT_BATCH
 from granite_storage.contracts import (
     BytesReader,
     ObjectInfo,
@@ -16,8 +17,7 @@ from granite_storage.contracts import (
     StorageBackend,
 )
 from granite_storage.errors import ObjectNotFoundError
-from granite_storage.locations import is_under_prefix, validate_location, validate_prefix
-from granite_storage.refs import StoredObjectRef
+from granite_storage.locations import is_under_prefix
 from granite_storage.streams import Sha256Digest
 
 __all__ = ["MemoryStorageBackend"]
@@ -37,6 +37,7 @@ class MemoryStorageBackend(StorageBackend):
     """
 
     backend_name = "memory"
+    delete_batch_size = DEFAULT_BATCH  # no I/O: a batch deletes one after another
 
     def __init__(self, *, clock: Callable[[], datetime] | None = None) -> None:
         self._objects: dict[str, _Entry] = {}
@@ -45,37 +46,24 @@ class MemoryStorageBackend(StorageBackend):
     def __len__(self) -> int:
         return len(self._objects)
 
-    async def aput_stream(
-        self,
-        *,
-        key: str,
-        chunks: AsyncIterator[bytes],
-        content_type: str | None = None,
+    async def _aput(
+        self, location: str, chunks: AsyncIterator[bytes], content_type: str | None
     ) -> PutResult:
-        location = validate_location(key)
+        data = b"".join([chunk async for chunk in chunks])
         digest = Sha256Digest()
-        parts: list[bytes] = []
-        async for chunk in chunks:
-            await digest.aupdate(chunk)
-            parts.append(chunk)
+        await digest.aupdate(data)
         # Only a complete upload becomes visible: nothing was stored before this line.
-        self._objects[location] = _Entry(b"".join(parts), self._clock())
+        self._objects[location] = _Entry(data, self._clock())
         return PutResult(size=digest.size, checksum=digest.checksum)
 
     @asynccontextmanager
     async def _aopen(
-        self,
-        location: str,
-        *,
-        size: int | None,
-        start: int,
-        end: int | None,
-        expected: StoredObjectRef | None,
+        self, location: str, start: int, end: int | None
     ) -> AsyncIterator[ObjectReader]:
         entry = self._objects.get(location)
         if entry is None:
             raise ObjectNotFoundError(f"no object at {location!r}", location=location)
-        yield BytesReader(entry.data[start:end], expected=expected)
+        yield BytesReader(entry.data[start:end])
 
     async def _adelete(self, location: str) -> None:
         self._objects.pop(location, None)
@@ -83,8 +71,7 @@ class MemoryStorageBackend(StorageBackend):
     async def _aexists(self, location: str) -> bool:
         return location in self._objects
 
-    async def aiter_objects(self, prefix: str | None = None) -> AsyncIterator[ObjectInfo]:
-        prefix = validate_prefix(prefix)
+    async def _aiter_objects(self, prefix: str | None) -> AsyncIterator[ObjectInfo]:
         for location, entry in list(self._objects.items()):
             if is_under_prefix(location, prefix):
                 yield ObjectInfo(location, len(entry.data), entry.last_modified)

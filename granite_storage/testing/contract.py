@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import anyio
 import pytest
@@ -37,13 +38,44 @@ from granite_storage import (
     StoragePolicy,
     StoredObjectRef,
 )
-from granite_storage.contracts import StorageBackend
+from granite_storage.contracts import CHECKED_METHODS, StorageBackend
 
 __all__ = ["MAX_SIZE", "BackendContractTests"]
 
 #: The ``max_size`` of the ``docs`` policy the suite writes through.
 MAX_SIZE = 64 * 1024
 _FAR_FUTURE = datetime.now(UTC) + timedelta(days=365)
+_HOSTILE = [
+    "../outside",
+    "docs/../../etc/passwd",
+    "/etc/passwd",
+    "docs/a\x00b",
+    "docs//x",
+    "docs\\..\\x",
+]
+_PRIMITIVES = ["_aput", "_aopen", "_adelete", "_adelete_batch", "_aexists", "_aiter_objects"]
+_PRIMITIVES += ["_apresign_download", "_apresign_upload"]
+
+
+def _record_primitive_calls(backend: StorageBackend) -> list[str]:
+    """Record (on this instance) the name of every primitive called from now on."""
+    calls: list[str] = []
+
+    def recording(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        def record(*args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            return method(*args, **kwargs)
+
+        return record
+
+    for name in _PRIMITIVES:
+        setattr(backend, name, recording(name, getattr(backend, name)))
+    return calls
+
+
+async def _never() -> AsyncIterator[bytes]:
+    raise AssertionError("the chunks of a refused upload were read")  # pragma: no cover
+    yield b""  # pragma: no cover
 
 
 async def _put(manager: StorageManager, content: bytes, **kwargs: object) -> StoredObjectRef:
@@ -262,17 +294,7 @@ class BackendContractTests:
         assert info.value.expected == tampered.checksum
         assert info.value.actual == ref.checksum
 
-    @pytest.mark.parametrize(
-        "location",
-        [
-            "../outside",
-            "docs/../../etc/passwd",
-            "/etc/passwd",
-            "docs/a\x00b",
-            "docs//x",
-            "docs\\..\\x",
-        ],
-    )
+    @pytest.mark.parametrize("location", _HOSTILE)
     async def test_hostile_refs_are_rejected_before_io(
         self, manager: StorageManager, location: str
     ) -> None:
@@ -312,3 +334,36 @@ class BackendContractTests:
         assert sorted(result.deleted) == sorted([r.location for r in refs] + ["docs/never/written"])
         assert result.failed == {}
         assert await _all_locations(backend) == []
+
+    @pytest.mark.parametrize("location", _HOSTILE)
+    async def test_a_hostile_location_never_reaches_a_primitive(
+        self, backend: StorageBackend, location: str
+    ) -> None:
+        calls = _record_primitive_calls(backend)
+        ref = StoredObjectRef("docs", "any", location, 1, "sha256:00")
+        with pytest.raises(InvalidLocationError):
+            backend.aopen(ref)
+        for attempt in (
+            backend.aput_stream(key=location, chunks=_never()),
+            backend.aget(ref),
+            backend.adelete(ref),
+            backend.aexists(ref),
+            backend.apresigned_download_url(ref),
+            backend.apresigned_upload(key=location, max_size=None),
+        ):
+            with pytest.raises(InvalidLocationError):
+                await attempt
+        if location.strip("/") == location:  # a prefix may start or end with "/"
+            with pytest.raises(InvalidLocationError):
+                await anext(backend.aiter_locations(location))
+        result = await backend.adelete_many([location])
+        assert result.deleted == [] and list(result.failed) == [location]
+        assert "InvalidLocationError" in result.failed[location]
+        assert calls == []
+
+    @pytest.mark.parametrize("method", sorted(CHECKED_METHODS))
+    async def test_a_subclass_cannot_override_a_checked_method(
+        self, backend: StorageBackend, method: str
+    ) -> None:
+        with pytest.raises(TypeError, match=f"implement {CHECKED_METHODS[method]}\\(\\)"):
+            type("Sneaky", (type(backend),), {method: lambda self, *args, **kwargs: None})
