@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,7 +23,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from granite_storage import StorageManager, StoragePolicy, StoredObjectRef
 from granite_storage.backends.local import LocalStorageBackend
 from granite_storage.backends.memory import MemoryStorageBackend
-from granite_storage.contracts import ObjectInfo, StorageBackend
+from granite_storage.contracts import BatchDeleteResult, ObjectInfo, StorageBackend
 from granite_storage.errors import BackendError
 from granite_storage.integrations.sqlalchemy import StoredObjectRefType
 
@@ -161,20 +161,20 @@ class ListingBackend(MemoryStorageBackend):
         self.in_flight = 0
         self.max_in_flight = 0
 
-    async def aiter_objects(self, prefix: str | None = None) -> AsyncIterator[ObjectInfo]:
-        async for info in super().aiter_objects(None if self.ignore_prefix else prefix):
+    async def _aiter_objects(self, prefix: str | None) -> AsyncIterator[ObjectInfo]:
+        async for info in super()._aiter_objects(None if self.ignore_prefix else prefix):
             if self.fail_after is not None and self.produced >= self.fail_after:
                 raise BackendError("simulated listing failure")
             self.produced += 1
             yield info
 
-    async def adelete_many(self, locations: list[str]) -> object:  # type: ignore[override]
+    async def _adelete_batch(self, locations: Sequence[str]) -> BatchDeleteResult:
         self.deleted_batches.append(len(locations))
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             await anyio.sleep(0.01)  # let other batches start if the collector allows it
-            return await super().adelete_many(locations)
+            return await super()._adelete_batch(locations)
         finally:
             self.in_flight -= 1
 

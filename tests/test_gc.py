@@ -355,7 +355,7 @@ async def test_a_failing_delete_is_counted_and_the_run_goes_on(store: Store) -> 
 
 async def test_a_batch_that_raises_counts_every_location_as_failed() -> None:
     class BrokenBatches(MemoryStorageBackend):
-        async def adelete_many(self, locations: object) -> object:  # type: ignore[override]
+        async def _adelete_batch(self, locations: Sequence[str]) -> BatchDeleteResult:
             raise BackendError("the whole request failed")
 
     backend = BrokenBatches()
@@ -623,7 +623,7 @@ async def test_leftovers_get_the_cutoff_and_the_dry_run_flag() -> None:
     calls: list[tuple[datetime, bool]] = []
 
     class WithLeftovers(CoarseMemoryBackend):
-        async def acleanup_leftovers(self, *, older_than: datetime, dry_run: bool = True) -> int:
+        async def _acleanup_leftovers(self, older_than: datetime, dry_run: bool) -> int:
             calls.append((older_than, dry_run))
             return 4
 
@@ -643,7 +643,7 @@ async def test_leftovers_get_the_cutoff_and_the_dry_run_flag() -> None:
 
 async def test_a_failing_leftover_cleanup_is_reported_not_raised() -> None:
     class BrokenLeftovers(MemoryStorageBackend):
-        async def acleanup_leftovers(self, *, older_than: datetime, dry_run: bool = True) -> int:
+        async def _acleanup_leftovers(self, older_than: datetime, dry_run: bool) -> int:
             raise BackendError("permission denied")
 
     manager = StorageManager(

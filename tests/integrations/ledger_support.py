@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -81,6 +81,8 @@ class Clock:
 class CountingBackend(StorageBackend):
     """Wraps a backend and counts every primitive call (and the locations it touched)."""
 
+    delete_batch_size = 1 << 30  # one _adelete_batch per adelete_many: the inner one batches
+
     def __init__(self, inner: StorageBackend) -> None:
         self.inner = inner
         self.backend_name = inner.backend_name
@@ -88,13 +90,17 @@ class CountingBackend(StorageBackend):
         self.calls: Counter[str] = Counter()
         self.deleted: list[str] = []
 
-    async def aput_stream(self, **kwargs: Any) -> PutResult:
+    async def _aput(
+        self, location: str, chunks: AsyncIterator[bytes], content_type: str | None
+    ) -> PutResult:
         self.calls["put"] += 1
-        return await self.inner.aput_stream(**kwargs)
+        return await self.inner._aput(location, chunks, content_type)
 
-    def _aopen(self, location: str, **kwargs: Any) -> AbstractAsyncContextManager[ObjectReader]:
+    def _aopen(
+        self, location: str, start: int, end: int | None
+    ) -> AbstractAsyncContextManager[ObjectReader]:
         self.calls["open"] += 1
-        return self.inner._aopen(location, **kwargs)
+        return self.inner._aopen(location, start, end)
 
     async def _adelete(self, location: str) -> None:
         self.calls["delete"] += 1
@@ -105,20 +111,23 @@ class CountingBackend(StorageBackend):
         self.calls["exists"] += 1
         return await self.inner._aexists(location)
 
-    async def aiter_objects(self, prefix: str | None = None) -> AsyncIterator[ObjectInfo]:
+    async def _aiter_objects(self, prefix: str | None) -> AsyncIterator[ObjectInfo]:
         self.calls["list"] += 1
-        async for info in self.inner.aiter_objects(prefix):
+        async for info in self.inner._aiter_objects(prefix):
             self.calls["listed"] += 1
             yield info
 
-    async def adelete_many(self, locations: Sequence[str]) -> BatchDeleteResult:
+    async def _adelete_batch(self, locations: Sequence[str]) -> BatchDeleteResult:
         self.calls["delete_many"] += 1
         self.deleted.extend(locations)
         return await self.inner.adelete_many(locations)
 
-    async def acleanup_leftovers(self, *, older_than: datetime, dry_run: bool = True) -> int:
+    async def _acleanup_leftovers(self, older_than: datetime, dry_run: bool) -> int:
         self.calls["leftovers"] += 1
         return await self.inner.acleanup_leftovers(older_than=older_than, dry_run=dry_run)
+
+    def _translate_errors(self, action: str, location: str | None) -> AbstractContextManager[None]:
+        return self.inner._translate_errors(action, location)
 
 
 def make_manager(backend: StorageBackend, *, delete_replaced: bool = False) -> StorageManager:

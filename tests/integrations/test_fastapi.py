@@ -265,8 +265,10 @@ class TrackingBackend(MemoryStorageBackend):
         self.opened = 0
 
     @asynccontextmanager
-    async def aopen(self, ref: StoredObjectRef, **options: Any) -> AsyncIterator[ObjectReader]:
-        async with super().aopen(ref, **options) as reader:
+    async def _aopen(
+        self, location: str, start: int, end: int | None
+    ) -> AsyncIterator[ObjectReader]:
+        async with super()._aopen(location, start, end) as reader:
             self.open_readers += 1
             self.opened += 1
             try:
@@ -274,10 +276,14 @@ class TrackingBackend(MemoryStorageBackend):
             finally:
                 self.open_readers -= 1
 
-    async def apresigned_download_url(self, ref: StoredObjectRef, **options: Any) -> str:
+    async def _apresign_download(
+        self, location: str, *, expires_in: int, content_disposition: str | None
+    ) -> str:
         if not self.can_sign:
-            return await super().apresigned_download_url(ref, **options)
-        return f"https://signed.example/{ref.location}?expires={options['expires_in']}"
+            return await super()._apresign_download(
+                location, expires_in=expires_in, content_disposition=content_disposition
+            )
+        return f"https://signed.example/{location}?expires={expires_in}"
 
 
 class Harness:
@@ -858,8 +864,8 @@ class SlowBackend(MemoryStorageBackend):
         self.delivered = delivered
         self.max_ahead = 0
 
-    async def aput_stream(
-        self, *, key: str, chunks: AsyncIterator[bytes], content_type: str | None = None
+    async def _aput(
+        self, location: str, chunks: AsyncIterator[bytes], content_type: str | None
     ) -> PutResult:
         consumed = 0
 
@@ -872,7 +878,7 @@ class SlowBackend(MemoryStorageBackend):
                 self.max_ahead = max(self.max_ahead, self.delivered() - consumed)
                 yield chunk
 
-        return await super().aput_stream(key=key, chunks=slowly(), content_type=content_type)
+        return await super()._aput(location, slowly(), content_type)
 
 
 @pytest.mark.parametrize("form", [True, False], ids=["multipart", "raw"])

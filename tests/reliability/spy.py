@@ -22,14 +22,20 @@ __all__ = ["RECORDED", "Call", "spy_on", "touched_locations"]
 #: local backend (worker-thread functions) and of the S3 backend (its client) goes through.
 RECORDED = (
     "aput_stream",
+    "_aput",
     "_aopen",
     "_adelete",
     "_aexists",
     "aiter_objects",
+    "_aiter_objects",
     "adelete_many",
+    "_adelete_batch",
     "acleanup_leftovers",
+    "_acleanup_leftovers",
     "apresigned_download_url",
+    "_apresign_download",
     "apresigned_upload",
+    "_apresign_upload",
     # LocalStorageBackend
     "_root",
     "_open_temp",
@@ -47,6 +53,7 @@ RECORDED = (
 #: Where each recorded method takes the location it acts on.
 _LOCATION_ARGUMENT: dict[str, int | str] = {
     "aput_stream": "key",
+    "_aput": 0,
     "_aopen": 0,
     "_adelete": 0,
     "_aexists": 0,
