@@ -16,7 +16,7 @@ process killed before its commit leaves them) are written again.
 Plugs into ``benchmarks/__main__.py`` as::
 
     Scenario("ledger", "GC with the object ledger", "benchmarks.ledger:run",
-             ("granite_storage.ledger_gc",)),
+             ("granite_storage.integrations.sqlalchemy",)),
 
 It uses ``ctx.sizes.gc_objects`` objects (20,000; ``--quick``: 1,000).
 """
