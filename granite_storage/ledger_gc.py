@@ -44,17 +44,17 @@ from granite_storage.gc import (
     check_min_age,
     check_separable,
 )
+from granite_storage.integrations.sqlalchemy._db import arun_on_connection
+from granite_storage.integrations.sqlalchemy._ledger import ObjectLedger
 from granite_storage.integrations.sqlalchemy._ledger_sweep import (
     LockUnavailableError,
     Won,
-    arun_on_connection,
     count_candidates,
     forget,
     sample_candidates,
     win_candidates,
     win_locations,
 )
-from granite_storage.integrations.sqlalchemy.ledger import ObjectLedger
 from granite_storage.integrations.sqlalchemy.refs import iter_metadata_storage_refs
 from granite_storage.integrations.sqlalchemy.types import stored_ref_columns
 from granite_storage.locations import is_under_prefix

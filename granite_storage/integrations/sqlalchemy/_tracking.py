@@ -1,7 +1,7 @@
-"""Stored objects follow the session's transaction.
+"""Stored objects follow the session's transaction: what each session holds, and its hooks.
 
 What happens to the objects written or released through the mixin (or a
-:func:`~granite_storage.integrations.sqlalchemy.mixin.stored_content_field`):
+:func:`~granite_storage.integrations.sqlalchemy.stored_content_field`):
 
 * **rollback** (of the whole transaction, or of the savepoint the upload was
   made in), or the session **closed** while its transaction is open: the
@@ -23,12 +23,10 @@ mixin records an object for a session, it adds ``after_commit``,
 ``after_soft_rollback`` and ``after_transaction_end`` listeners to that one
 sync ``Session`` (``AsyncSession.sync_session``; nothing global, nothing at
 import time). The pending objects live in ``session.info``. The listeners do
-no I/O: they pick the objects whose fate the transaction decided and start
-one asyncio task on the event loop the mixin ran on (under ``AsyncSession``
-the listeners run inside the loop's thread, through SQLAlchemy's greenlet
-bridge; from another thread the task is submitted thread-safely). The task
-checks references and deletes. ``await drain_pending_deletions(session)``
-waits for those tasks: tests, background jobs and shutdown code call it.
+no I/O: they pick the objects whose fate the transaction decided and hand
+them to ``_cleanup``, which deletes them in one task on the event loop the
+mixin ran on. ``await drain_pending_deletions(session)`` waits for those
+tasks: tests, background jobs and shutdown code call it.
 
 Failures after the transaction are logged on the ``granite_storage`` logger
 and never raised into the commit; what is left behind is an unreferenced
@@ -55,61 +53,22 @@ row while it is being replaced can lose the race (keep the default,
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeAlias
+from typing import ParamSpec
 
-import anyio.to_thread
-from sqlalchemy import JSON, CompoundSelect, Engine, MetaData, bindparam, event, select, union_all
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
-from granite_storage._util import batched
-from granite_storage.integrations.sqlalchemy.types import stored_ref_columns
-from granite_storage.manager import StorageManager
-from granite_storage.refs import StoredObjectRef
-
-if TYPE_CHECKING:
-    from granite_storage.integrations.sqlalchemy.ledger import ObjectLedger
-
-__all__ = [
-    "TrackedObject",
-    "adelete_unreferenced",
-    "areferenced_locations",
-    "drain_pending_deletions",
-    "referenced_locations_statements",
-    "track_release",
-    "track_upload",
-]
+from granite_storage.integrations.sqlalchemy._cleanup import Pending, start_cleanup
+from granite_storage.integrations.sqlalchemy._plugin import TrackedObject
 
 logger = logging.getLogger("granite_storage")
 
 _INFO_KEY = "granite_storage.pending_objects"
-# Locations per IN (...) list of the reference check.
-
-_Pending: TypeAlias = "asyncio.Future[None] | concurrent.futures.Future[None]"
-
-
-@dataclass(frozen=True, eq=False, slots=True)
-class TrackedObject:
-    """One stored object whose fate depends on a transaction.
-
-    :param manager: the manager that stored it (and deletes it).
-    :param ref: its ref.
-    :param metadata: where to look for rows that still reference it.
-    :param bind: the engine of those rows (a fresh connection is taken from it).
-    :param ledger: the object ledger of the model, if one is configured: the
-        deletion then goes through the ledger's strict protocol.
-    """
-
-    manager: StorageManager
-    ref: StoredObjectRef
-    metadata: MetaData
-    bind: Engine
-    ledger: ObjectLedger | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -125,7 +84,7 @@ class _SessionObjects:
     loop: asyncio.AbstractEventLoop | None
     uploaded: list[_Entry] = field(default_factory=list)
     released: list[_Entry] = field(default_factory=list)
-    tasks: set[_Pending] = field(default_factory=set)
+    tasks: set[Pending] = field(default_factory=set)
 
 
 # --------------------------------------------------------------------------- recording
@@ -244,143 +203,10 @@ def _inside(transaction: SessionTransaction | None, boundary: SessionTransaction
 
 
 def _schedule(state: _SessionObjects, entries: list[_Entry], reason: str) -> None:
-    """Start the deletion of ``entries`` on the loop the mixin ran on. Never raises."""
-    if not entries:
-        return
-    objects = [entry.obj for entry in entries]
-    coro = adelete_unreferenced(objects, reason=reason)
-    target = state.loop
-    try:
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        pending: _Pending
-        if running is not None and (target is None or target is running):
-            pending = running.create_task(coro, name=f"granite_storage cleanup after {reason}")
-        elif target is not None and not target.is_closed():
-            pending = asyncio.run_coroutine_threadsafe(coro, target)
-        else:
-            coro.close()
-            logger.warning(
-                "granite_storage: no event loop to delete %d object(s) released by %s; "
-                "they are left to the garbage collector",
-                len(objects),
-                reason,
-            )
-            return
-    except Exception:  # never raise into the user's commit or rollback
-        coro.close()
-        logger.exception(
-            "granite_storage: could not schedule the deletion of %d object(s) after %s; "
-            "they are left to the garbage collector",
-            len(objects),
-            reason,
-        )
-        return
-    state.tasks.add(pending)
-    pending.add_done_callback(state.tasks.discard)
-
-
-# --------------------------------------------------------------------------- the cleanup
-
-
-async def adelete_unreferenced(objects: Iterable[TrackedObject], *, reason: str = "") -> None:
-    """Delete each object that no row references any more. Never raises
-    (except cancellation): failures are logged and left to the garbage collector."""
-    unique: dict[str, TrackedObject] = {}
-    for obj in objects:
-        if obj.ref.location:  # legacy inline-text refs have no object
-            unique.setdefault(obj.ref.location, obj)
-    groups: dict[tuple[int, int, int], list[TrackedObject]] = {}
-    for obj in unique.values():
-        groups.setdefault((id(obj.bind), id(obj.metadata), id(obj.ledger)), []).append(obj)
-    for group in groups.values():
-        bind, metadata, ledger = group[0].bind, group[0].metadata, group[0].ledger
-        if ledger is not None:
-            # Won through the ledger first: never deleted while a transaction holds it.
-            await ledger.asweep_tracked(group, bind=bind, metadata=metadata, reason=reason)
-            continue
-        try:
-            referenced = await areferenced_locations(
-                bind, metadata, [o.ref.location for o in group]
-            )
-        except Exception:
-            logger.exception(
-                "granite_storage: could not check whether %d object(s) released by %s are "
-                "still referenced; they are left to the garbage collector",
-                len(group),
-                reason,
-            )
-            continue
-        for obj in group:
-            if obj.ref.location in referenced:
-                logger.debug("granite_storage: kept %s, another row references it", obj.ref)
-                continue
-            try:
-                await obj.manager.adelete(obj.ref)
-            except Exception:
-                logger.exception(
-                    "granite_storage: could not delete %r after %s; the garbage collector "
-                    "will remove it",
-                    obj.ref.location,
-                    reason,
-                )
-            else:
-                logger.debug("granite_storage: deleted %r after %s", obj.ref.location, reason)
-
-
-async def areferenced_locations(bind: Engine, metadata: MetaData, locations: list[str]) -> set[str]:
-    """The subset of ``locations`` that some :class:`StoredObjectRefType`
-    column under ``metadata`` holds, read in a new, short transaction.
-
-    A sync engine is queried in a worker thread.
-    """
-    statements = referenced_locations_statements(metadata, locations)
-    if not statements:
-        return set()
-    found: set[str] = set()
-    if bind.dialect.is_async:
-        async with AsyncEngine(bind).connect() as conn:
-            for statement in statements:
-                found.update((await conn.execute(statement)).scalars())
-        return found
-
-    def run() -> None:
-        with bind.connect() as conn:
-            for statement in statements:
-                found.update(conn.execute(statement).scalars())
-
-    await anyio.to_thread.run_sync(run)
-    return found
-
-
-def referenced_locations_statements(
-    metadata: MetaData, locations: list[str]
-) -> list[CompoundSelect[Any]]:
-    """The queries of :func:`areferenced_locations`: each selects the
-    locations of one batch that some ref column under ``metadata`` holds
-    (``col ->> 'location' IN (...)``, one ``UNION ALL`` branch per column).
-    Empty when there are no ref columns or no locations."""
-    columns = stored_ref_columns(metadata)
-    if not columns or not locations:
-        return []
-    batches = batched(locations)
-    # The JSON path is rendered as a literal, so that the expression matches an
-    # index on ``col ->> 'location'`` (SQLite cannot match a bound path, and a
-    # generic PostgreSQL plan neither).
-    key = bindparam("location_key", "location", type_=JSON.JSONStrIndexType(), literal_execute=True)
-    return [
-        union_all(
-            *(
-                select(column[key].as_string().label("location")).where(
-                    column[key].as_string().in_(batch)
-                )
-                for column in columns
-            )
-        )
-        for batch in batches
-    ]
+    pending = start_cleanup(state.loop, [entry.obj for entry in entries], reason)
+    if pending is not None:
+        state.tasks.add(pending)
+        pending.add_done_callback(state.tasks.discard)
 
 
 async def drain_pending_deletions(session: Session | AsyncSession) -> None:

@@ -12,8 +12,6 @@ from granite_storage.errors import ConfigurationError, StorageError
 from granite_storage.integrations.sqlalchemy.types import StoredObjectRefType
 from granite_storage.locations import sanitize_segment
 
-__all__ = ["bind_of", "check_ref_column", "entity_id_of", "metadata_of", "model_name_of"]
-
 
 def entity_id_of(state: InstanceState[Any]) -> object:
     """The entity segment of new locations: the primary key from the mapper.

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Connection, Engine, MetaData, Table, event, insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -36,33 +36,21 @@ from sqlalchemy.orm import Mapper, Session, UOWTransaction
 
 from granite_storage._util import as_utc
 from granite_storage.errors import ConfigurationError
+from granite_storage.integrations.sqlalchemy._db import arun_on_connection
+from granite_storage.integrations.sqlalchemy._ledger_claims import LedgerClaim, aclaim_upload
 from granite_storage.integrations.sqlalchemy._ledger_flush import (
     protect_and_release,
     ref_changes,
 )
 from granite_storage.integrations.sqlalchemy._ledger_schema import (
     LEDGER_TABLE_NAME,
-    LedgerConflictError,
     LedgerState,
     ledger_table,
 )
-from granite_storage.integrations.sqlalchemy._ledger_sweep import (
-    arun_on_connection,
-    forget,
-    win_locations,
-)
+from granite_storage.integrations.sqlalchemy._ledger_sweep import forget, win_locations
+from granite_storage.integrations.sqlalchemy._mapping import bind_of
+from granite_storage.integrations.sqlalchemy._plugin import TrackedObject
 from granite_storage.locations import validate_location
-
-if TYPE_CHECKING:
-    from granite_storage.integrations.sqlalchemy.events import TrackedObject
-
-__all__ = [
-    "LEDGER_TABLE_NAME",
-    "LedgerConflictError",
-    "LedgerState",
-    "ObjectLedger",
-    "ledger_table",
-]
 
 logger = logging.getLogger("granite_storage")
 
@@ -181,6 +169,35 @@ class ObjectLedger:
                 conn.execute(statement)
 
         await arun_on_connection(bind, record)
+
+    async def aclaim_upload(
+        self,
+        instance: object,
+        session: Session,
+        mapper: Mapper[Any],
+        *,
+        location: str,
+        storage_key: str,
+        backend: str,
+    ) -> LedgerClaim:
+        """Record and claim ``location`` before an upload by ``instance``
+        (used by stored content; see ``_ledger_claims``).
+
+        :raises LedgerConflictError: if a collector won the intent before the claim.
+        :raises ConfigurationError: if the transaction cannot see the committed
+            intent, or the database is neither PostgreSQL nor SQLite.
+        """
+        self.watch(session)
+        return await aclaim_upload(
+            instance,
+            mapper,
+            self.table,
+            now=self.now(),
+            intent_bind=(self.intent_bind or bind_of(session, mapper))
+            if self.record_intents
+            else None,
+            row={"location": location, "storage_key": storage_key, "backend": backend},
+        )
 
     async def asweep_tracked(
         self, objects: Sequence[TrackedObject], *, bind: Engine, metadata: MetaData, reason: str
