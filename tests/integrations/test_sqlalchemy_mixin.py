@@ -178,25 +178,6 @@ async def test_too_large_upload_leaves_the_ref_unchanged(env: Env) -> None:
         assert await env.alocations() == {ref.location}
 
 
-async def test_expired_ref_is_loaded_by_async_methods(env: Env) -> None:
-    async with env.sessions(expire_on_commit=True) as session:
-        doc = Document()
-        session.add(doc)
-        await session.flush()
-        ref = await doc.aset_content(b"data")
-        await session.commit()  # expires doc
-        with pytest.raises(StorageError, match="refresh"):
-            doc.clear_content_reference()
-        assert await doc.aget_content() == b"data"
-        await session.commit()
-        result = await doc.areplace_content(b"new")
-        assert result.previous_ref == ref
-        await session.commit()
-        assert await doc.aget_content_text() == "new"
-        await session.refresh(doc)
-        assert doc.clear_content_reference() == result.new_ref
-
-
 async def test_missing_primary_key_says_to_flush(env: Env) -> None:
     async with env.sessions() as session:
         doc = Document()

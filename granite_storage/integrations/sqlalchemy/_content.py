@@ -18,7 +18,6 @@ from typing import Any, Protocol, TypedDict, Unpack
 from sqlalchemy import Engine, MetaData
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import InstanceState, Session, object_session
-from sqlalchemy.orm.attributes import set_committed_value
 
 from granite_storage.contracts import ObjectReader
 from granite_storage.errors import ConfigurationError, ObjectNotFoundError, StorageError
@@ -184,10 +183,11 @@ class StoredContent:
         if key in state.unloaded and state.has_identity:
             instance = self._instance
 
-            def load(_: Session) -> None:
-                value = getattr(instance, key)
-                if key in state.unloaded:  # a never-loaded column is read, not kept
-                    set_committed_value(instance, key, value)
+            def load(session: Session) -> None:
+                if key in state.expired_attributes:
+                    getattr(instance, key)  # loads every expired column at once
+                else:  # never loaded: reading it would not keep it, or give None
+                    session.refresh(instance, [key])
 
             await arun_in_session(instance, load)
         return self._current()
