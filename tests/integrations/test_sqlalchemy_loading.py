@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import defer
 
 from granite_storage import StorageError
-from tests.integrations.conftest import Document, Env, User
+from tests.integrations.conftest import Document, Env, User, flushed
 
 
 def unloaded(obj: object) -> set[str]:
@@ -32,9 +32,7 @@ async def test_a_new_objects_refs_are_none_after_its_first_flush(env: Env) -> No
 
 async def test_async_methods_leave_the_ref_loaded(env: Env) -> None:
     async with env.sessions() as session:
-        doc = Document()
-        session.add(doc)
-        await session.flush()
+        doc = await flushed(session, Document())
         ref = await doc.aset_content(b"data")
         await session.commit()
         # Unloaded without being expired, as SQLAlchemy leaves a column it did
@@ -61,9 +59,7 @@ async def test_async_methods_leave_the_ref_loaded(env: Env) -> None:
 
 async def test_expired_ref_is_loaded_by_async_methods(env: Env) -> None:
     async with env.sessions(expire_on_commit=True) as session:
-        doc = Document()
-        session.add(doc)
-        await session.flush()
+        doc = await flushed(session, Document())
         ref = await doc.aset_content(b"data")
         await session.commit()  # expires doc
         with pytest.raises(StorageError, match="refresh"):
@@ -81,9 +77,7 @@ async def test_expired_ref_is_loaded_by_async_methods(env: Env) -> None:
 
 async def test_the_error_names_why_the_ref_is_not_loaded_and_what_to_do(env: Env) -> None:
     async with env.sessions(expire_on_commit=True) as session:
-        doc = Document()
-        session.add(doc)
-        await session.flush()
+        doc = await flushed(session, Document())
         await doc.aset_content(b"data")
         await session.commit()
         with pytest.raises(

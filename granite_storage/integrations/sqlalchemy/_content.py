@@ -323,8 +323,6 @@ class StoredContent:
             backend = manager.get_backend_for_policy(manager.get_policy(storage_key))
             claim = await plugin.aclaim_upload(
                 self._instance,
-                session,
-                mapper,
                 location=location,
                 storage_key=storage_key,
                 backend=backend.backend_name,

@@ -31,8 +31,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, MetaData, Table, event, insert
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-from sqlalchemy.orm import Mapper, Session, UOWTransaction
+from sqlalchemy.orm import Mapper, Session, UOWTransaction, object_session
 
 from granite_storage._util import as_utc
 from granite_storage.errors import ConfigurationError
@@ -171,31 +172,30 @@ class ObjectLedger:
         await arun_on_connection(bind, record)
 
     async def aclaim_upload(
-        self,
-        instance: object,
-        session: Session,
-        mapper: Mapper[Any],
-        *,
-        location: str,
-        storage_key: str,
-        backend: str,
+        self, instance: object, *, location: str, storage_key: str, backend: str
     ) -> LedgerClaim:
-        """Record and claim ``location`` before an upload by ``instance``
-        (used by stored content; see ``_ledger_claims``).
+        """Record and claim ``location`` before an upload by ``instance``, in
+        the transaction of its session (used by stored content; see
+        ``_ledger_claims``).
 
         :raises LedgerConflictError: if a collector won the intent before the claim.
         :raises ConfigurationError: if the transaction cannot see the committed
-            intent, or the database is neither PostgreSQL nor SQLite.
+            intent, the database is neither PostgreSQL nor SQLite, or
+            ``instance`` belongs to no session.
         """
+        session, mapper = object_session(instance), sa_inspect(instance).mapper
+        if session is None:
+            raise ConfigurationError(f"{type(instance).__name__} belongs to no session")
         self.watch(session)
+        intent_bind = (
+            (self.intent_bind or bind_of(session, mapper)) if self.record_intents else None
+        )
         return await aclaim_upload(
             instance,
             mapper,
             self.table,
             now=self.now(),
-            intent_bind=(self.intent_bind or bind_of(session, mapper))
-            if self.record_intents
-            else None,
+            intent_bind=intent_bind,
             row={"location": location, "storage_key": storage_key, "backend": backend},
         )
 

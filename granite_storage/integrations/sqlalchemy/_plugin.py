@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from sqlalchemy import Engine, MetaData
-from sqlalchemy.orm import Mapper, Session
+from sqlalchemy.orm import Session
 
 from granite_storage.manager import StorageManager
 from granite_storage.refs import StoredObjectRef
@@ -60,16 +60,10 @@ class ContentPlugin(Protocol):
         """Follow ``session`` (no I/O; called again for every row it loads)."""
 
     async def aclaim_upload(
-        self,
-        instance: object,
-        session: Session,
-        mapper: Mapper[Any],
-        *,
-        location: str,
-        storage_key: str,
-        backend: str,
+        self, instance: object, *, location: str, storage_key: str, backend: str
     ) -> UploadClaim:
-        """Claim ``location`` for an upload by ``instance``, before any byte is sent."""
+        """Claim ``location`` for an upload by ``instance`` (which belongs to a
+        session), before any byte is sent."""
 
     async def asweep_tracked(
         self, objects: Sequence[TrackedObject], *, bind: Engine, metadata: MetaData, reason: str
