@@ -86,6 +86,15 @@ class StoreOptions(TypedDict, total=False):
     extra: dict[str, Any] | None
 
 
+class _Where(TypedDict):
+    """Where a new object of this field goes (``StorageManager.new_location``)."""
+
+    storage_key: str
+    model_name: str
+    entity_id: object
+    field_name: str
+
+
 class UploadFileLike(Protocol):
     """What :meth:`StoredContent.aset_from_uploadfile` needs: Starlette's and
     FastAPI's ``UploadFile`` fit."""
@@ -304,35 +313,29 @@ class StoredContent:
         mapper = state.mapper
         check_ref_column(mapper, self._spec.ref_attr)
         filename = options.get("filename")
-        storage_key, field_name = self._spec.storage_key, self._spec.field_name
-        model_name, entity_id = model_name_of(mapper), entity_id_of(state)
+        where = _Where(
+            storage_key=self._spec.storage_key,
+            model_name=model_name_of(mapper),
+            entity_id=entity_id_of(state),
+            field_name=self._spec.field_name,
+        )
         session = object_session(self._instance)
         follow = None if session is None else self._follow(session)
         await self.aget_ref()  # load an expired column before the upload
         plugin = plugin_of(type(self._instance)) if session is not None else None
         claim: UploadClaim | None = None
-        if plugin is not None and session is not None:
+        if plugin is not None:
             # The plug-in (object ledger) claims the location before any byte is sent.
-            location = manager.new_location(
-                storage_key=storage_key,
-                model_name=model_name,
-                entity_id=entity_id,
-                field_name=field_name,
-                original_filename=filename,
-            )
-            backend = manager.get_backend_for_policy(manager.get_policy(storage_key))
+            policy = manager.get_policy(where["storage_key"])
             claim = await plugin.aclaim_upload(
                 self._instance,
-                location=location,
-                storage_key=storage_key,
-                backend=backend.backend_name,
+                location=manager.new_location(**where, original_filename=filename),
+                storage_key=policy.storage_key,
+                backend=manager.get_backend_for_policy(policy).backend_name,
             )
         try:
             ref = await manager.aput_stream(
-                storage_key=storage_key,
-                model_name=model_name,
-                entity_id=entity_id,
-                field_name=field_name,
+                **where,
                 stream=source,
                 content_type=options.get("content_type"),
                 original_filename=filename,

@@ -1,36 +1,7 @@
-"""StoredContentMixin (one stored field per model) and stored_content_field (several).
-
-One field, the contract's class variables::
-
-    class Document(StoredContentMixin, Base):
-        __tablename__ = "document"
-        __stored_content_field_name__ = "_file_ref"
-        __stored_content_storage_key__ = "documents"
-        id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-        _file_ref: Mapped[StoredObjectRef | None] = mapped_column(StoredObjectRefType())
-
-    Document.configure_storage_manager(manager)
-    session.add(doc := Document())
-    await session.flush()                     # the primary key names the location
-    await doc.aset_content(b"...", filename="report.pdf")
-    await session.commit()
-
-Several fields, each with its own policy::
-
-    class User(StoredContentMixin, Base):
-        __tablename__ = "user_account"
-        user_id: Mapped[int] = mapped_column(primary_key=True)
-        avatar_ref: Mapped[StoredObjectRef | None] = mapped_column(StoredObjectRefType())
-        banner_ref: Mapped[StoredObjectRef | None] = mapped_column(StoredObjectRefType())
-
-        avatar = stored_content_field("avatar_ref", storage_key="avatars")
-        banner = stored_content_field("banner_ref", storage_key="banners", delete_replaced=True)
-
-    await user.avatar.aset(data, filename="me.png")
-    png = await user.avatar.aget()
-
-Both run the same code (:class:`~granite_storage.integrations.sqlalchemy.StoredContent`),
-and the objects they write follow the session's transaction (see ``_tracking``).
+"""StoredContentMixin (one stored field per model, named by class variables)
+and stored_content_field (several fields, each with its policy); both run
+:class:`~granite_storage.integrations.sqlalchemy.StoredContent`. Examples:
+``docs/sqlalchemy.md``.
 """
 
 from __future__ import annotations
