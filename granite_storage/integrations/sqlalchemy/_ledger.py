@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, MetaData, Table, event, insert
+from sqlalchemy import Engine, MetaData, Table, event, insert
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Mapper, Session, UOWTransaction, object_session
@@ -38,7 +38,12 @@ from sqlalchemy.orm import Mapper, Session, UOWTransaction, object_session
 from granite_storage._util import as_utc
 from granite_storage.errors import ConfigurationError
 from granite_storage.integrations.sqlalchemy._db import arun_on_connection
-from granite_storage.integrations.sqlalchemy._ledger_claims import LedgerClaim, aclaim_upload
+from granite_storage.integrations.sqlalchemy._ledger_claims import (
+    LedgerClaim,
+    aclaim_upload,
+    commit,
+    new_row,
+)
 from granite_storage.integrations.sqlalchemy._ledger_flush import (
     protect_and_release,
     ref_changes,
@@ -153,23 +158,14 @@ class ObjectLedger:
 
         :raises InvalidLocationError: if ``location`` is unsafe.
         """
-        now = self.now()
-        statement = insert(self.table).values(
+        row = new_row(
             location=validate_location(location),
             storage_key=storage_key,
             backend=backend,
-            size=None,
-            checksum=None,
-            created_at=now,
-            updated_at=now,
-            state=LedgerState.INTENT.value,
+            now=self.now(),
         )
-
-        def record(conn: Connection) -> None:
-            with conn.begin():
-                conn.execute(statement)
-
-        await arun_on_connection(bind, record)
+        intent = insert(self.table).values(**row, state=LedgerState.INTENT.value)
+        await arun_on_connection(bind, lambda conn: commit(conn, intent))
 
     async def aclaim_upload(
         self, instance: object, *, location: str, storage_key: str, backend: str
@@ -194,9 +190,10 @@ class ObjectLedger:
             instance,
             mapper,
             self.table,
-            now=self.now(),
             intent_bind=intent_bind,
-            row={"location": location, "storage_key": storage_key, "backend": backend},
+            row=new_row(
+                location=location, storage_key=storage_key, backend=backend, now=self.now()
+            ),
         )
 
     async def asweep_tracked(

@@ -104,13 +104,12 @@ async def aclaim_upload(
     mapper: Mapper[Any],
     table: Table,
     *,
-    now: datetime,
     intent_bind: Engine | AsyncEngine | None,
     row: dict[str, Any],
 ) -> LedgerClaim:
-    """Record and claim ``row["location"]`` before its upload (see the module
-    docstring); ``intent_bind=None``: no intent, the claim is made inside the
-    application's transaction.
+    """Record and claim the location of ``row`` (a :func:`new_row`) before its
+    upload (see the module docstring); ``intent_bind=None``: no intent, the
+    claim is made inside the application's transaction.
 
     :raises LedgerConflictError: if a collector won the intent before the claim.
     :raises ConfigurationError: if the transaction cannot see the committed
@@ -118,8 +117,7 @@ async def aclaim_upload(
         database is neither PostgreSQL nor SQLite.
     """
     app = _AppTransaction(instance, mapper)
-    location = row["location"]
-    row = {**row, "size": None, "checksum": None, "created_at": now, "updated_at": now}
+    location, now = row["location"], row["updated_at"]
     dialect, holds_write_lock = await app.arun(_inspect_connection)
     if dialect not in ("postgresql", "sqlite"):
         raise ConfigurationError(
@@ -131,7 +129,7 @@ async def aclaim_upload(
         await app.arun(lambda conn: conn.execute(live))
         return LedgerClaim(app, table, location)
     intent = insert(table).values(**row, state=LedgerState.INTENT.value)
-    await arun_on_connection(intent_bind, lambda conn: _commit(conn, intent))
+    await arun_on_connection(intent_bind, lambda conn: commit(conn, intent))
     claim = (
         update(table)
         .where(table.c.location == location, table.c.state == LedgerState.INTENT.value)
@@ -148,7 +146,7 @@ async def aclaim_upload(
         )
         if state == LedgerState.INTENT.value:
             gone = delete(table).where(table.c.location == location)
-            await arun_on_connection(intent_bind, lambda conn: _commit(conn, gone))
+            await arun_on_connection(intent_bind, lambda conn: commit(conn, gone))
             raise ConfigurationError(
                 f"the object ledger could not claim {location!r}: this transaction does not "
                 "see rows committed after it began, so it runs at REPEATABLE READ or "
@@ -167,7 +165,21 @@ async def aclaim_upload(
     return LedgerClaim(app, table, location)
 
 
-def _commit(conn: Connection, statement: Any) -> None:
+def new_row(*, location: str, storage_key: str, backend: str, now: datetime) -> dict[str, Any]:
+    """The values of a new ledger row, but its state (size and checksum unknown yet)."""
+    return {
+        "location": location,
+        "storage_key": storage_key,
+        "backend": backend,
+        "size": None,
+        "checksum": None,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def commit(conn: Connection, statement: Any) -> None:
+    """Execute ``statement`` in a transaction of its own on ``conn``."""
     with conn.begin():
         conn.execute(statement)
 

@@ -41,6 +41,7 @@ from sqlalchemy.exc import DBAPIError
 
 from granite_storage._util import batched
 from granite_storage.errors import ConfigurationError
+from granite_storage.integrations.sqlalchemy._ledger_claims import new_row
 from granite_storage.integrations.sqlalchemy._ledger_schema import LedgerState
 from granite_storage.integrations.sqlalchemy.refs import referenced_locations_statements
 
@@ -229,16 +230,8 @@ def _insert_absent(
 ) -> tuple[list[str], list[str]]:
     """Insert ``deleting`` rows; returns (inserted, held by another transaction)."""
     values = [
-        {
-            "location": location,
-            "storage_key": key,
-            "backend": backend,
-            "size": None,
-            "checksum": None,
-            "created_at": stamp,
-            "updated_at": stamp,
-            "state": LedgerState.DELETING.value,
-        }
+        new_row(location=location, storage_key=key, backend=backend, now=stamp)
+        | {"state": LedgerState.DELETING.value}
         for location, (key, backend) in rows.items()
     ]
     insert = _insert_ignoring_conflicts(conn, table)
