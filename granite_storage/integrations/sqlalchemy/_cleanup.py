@@ -1,9 +1,17 @@
 """Delete what a transaction left behind, after it ended.
 
 The session hooks (``_tracking``) decide *which* objects; this module starts
-their deletion on the event loop the mixin ran on, checks that no row
-references them any more, and deletes them. The model's plug-in (the object
-ledger), when there is one, does the checking and deleting its own way.
+their deletion on the event loop the mixin ran on (under ``AsyncSession`` the
+hooks run in the loop's thread, through SQLAlchemy's greenlet bridge; from
+another thread the task is submitted thread-safely), checks that no row
+references them any more, and deletes them. The check is a query in a fresh,
+short transaction on a new connection, over every ``StoredObjectRefType``
+column of the model's ``MetaData``; it also runs before deleting the uploads
+of a rolled-back transaction, so a row made durable anyway (an ``AUTOCOMMIT``
+connection, an outer transaction the session had joined) keeps its object.
+The model's plug-in (the object ledger), when there is one, does the checking
+and deleting its own way.
+
 Nothing here raises into the user's commit or rollback: failures are logged
 on the ``granite_storage`` logger and left to the garbage collector.
 """

@@ -20,7 +20,7 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import InstanceState, Session, object_session
 
 from granite_storage.contracts import ObjectReader
-from granite_storage.errors import ConfigurationError, ObjectNotFoundError, StorageError
+from granite_storage.errors import ObjectNotFoundError, StorageError
 from granite_storage.integrations.sqlalchemy._db import arun_in_session
 from granite_storage.integrations.sqlalchemy._mapping import (
     bind_of,
@@ -28,9 +28,10 @@ from granite_storage.integrations.sqlalchemy._mapping import (
     entity_id_of,
     metadata_of,
     model_name_of,
+    plugin_of,
+    storage_manager_of,
 )
 from granite_storage.integrations.sqlalchemy._plugin import (
-    ContentPlugin,
     TrackedObject,
     UploadClaim,
 )
@@ -38,11 +39,6 @@ from granite_storage.integrations.sqlalchemy._tracking import track_release, tra
 from granite_storage.manager import StorageManager
 from granite_storage.refs import StoredObjectRef
 from granite_storage.streams import ByteSource
-
-#: The class attribute ``configure_storage_manager`` sets.
-MANAGER_ATTRIBUTE = "__granite_storage_manager__"
-#: The class attribute holding the plug-in, the object ledger (``None``: plain mode).
-PLUGIN_ATTRIBUTE = "__granite_storage_ledger__"
 
 _TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 
@@ -106,28 +102,6 @@ class UploadFileLike(Protocol):
     def content_type(self) -> str | None: ...
 
     async def read(self, size: int = -1) -> bytes: ...
-
-
-def storage_manager_of(cls: type[Any]) -> StorageManager:
-    """The manager ``cls.configure_storage_manager`` set (inherited from a base class).
-
-    :raises ConfigurationError: if none was configured.
-    """
-    manager = getattr(cls, MANAGER_ATTRIBUTE, None)
-    if not isinstance(manager, StorageManager):
-        raise ConfigurationError(
-            f"{cls.__name__} has no storage manager: call "
-            f"{cls.__name__}.configure_storage_manager(manager) at application startup "
-            "(or StoredContentMixin.configure_storage_manager(manager) for every model) "
-            "before using its stored content"
-        )
-    return manager
-
-
-def plugin_of(cls: type[Any]) -> ContentPlugin | None:
-    """The plug-in (object ledger) ``cls.configure_storage_manager`` set, or ``None``."""
-    plugin: ContentPlugin | None = getattr(cls, PLUGIN_ATTRIBUTE, None)
-    return plugin
 
 
 class StoredContent:

@@ -17,17 +17,19 @@ from sqlalchemy.orm.attributes import set_committed_value
 from granite_storage.contracts import ObjectReader
 from granite_storage.errors import ConfigurationError
 from granite_storage.integrations.sqlalchemy._content import (
-    MANAGER_ATTRIBUTE,
-    PLUGIN_ATTRIBUTE,
     FieldSpec,
     ReplaceContentResult,
     StoredContent,
     StoreOptions,
     UploadFileLike,
+)
+from granite_storage.integrations.sqlalchemy._ledger import ObjectLedger
+from granite_storage.integrations.sqlalchemy._mapping import (
+    MANAGER_ATTRIBUTE,
+    PLUGIN_ATTRIBUTE,
     plugin_of,
     storage_manager_of,
 )
-from granite_storage.integrations.sqlalchemy._ledger import ObjectLedger
 from granite_storage.integrations.sqlalchemy.types import StoredObjectRefType
 from granite_storage.manager import StorageManager
 from granite_storage.refs import StoredObjectRef

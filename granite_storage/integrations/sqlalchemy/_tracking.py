@@ -1,53 +1,24 @@
-"""Stored objects follow the session's transaction: what each session holds, and its hooks.
+"""Stored objects follow the session's transaction: what each session holds,
+and the hooks that decide what becomes of it (the rules are in
+``docs/sqlalchemy.md``, "Files follow the transaction").
 
-What happens to the objects written or released through the mixin (or a
-:func:`~granite_storage.integrations.sqlalchemy.stored_content_field`):
+* **rollback** of the transaction, or of the savepoint an upload was made in,
+  or the session **closed** with its transaction open: the uploads made in it
+  are handed to ``_cleanup``;
+* **commit** of the root transaction: the objects it replaced or cleared, when
+  ``delete_after_commit`` (the policy, model or field opts in) or when they
+  were uploaded in that same transaction. Releasing a savepoint hands its
+  objects to the enclosing transaction.
 
-* **rollback** (of the whole transaction, or of the savepoint the upload was
-  made in), or the session **closed** while its transaction is open: the
-  objects uploaded in it are deleted;
-* **commit**: the objects the transaction replaced or cleared are deleted
-  when their policy opts in (``StoragePolicy(..., delete_replaced=True)``,
-  overridable per model with ``__stored_content_delete_replaced__`` or per
-  field). Objects uploaded and replaced again inside the same transaction
-  were never visible to anyone else and are always deleted.
-
-An object is deleted only once no row references it any more: after the
-transaction, a query in a fresh, short transaction on a new connection looks
-for its location in every :class:`StoredObjectRefType` column of the model's
-``MetaData`` (``col ->> 'location'`` on PostgreSQL, ``json_extract`` on
-SQLite), and any row still holding a copy of the ref keeps it alive.
-
-How (SQLAlchemy's events are sync, the I/O is async): the first time the
-mixin records an object for a session, it adds ``after_commit``,
-``after_soft_rollback`` and ``after_transaction_end`` listeners to that one
-sync ``Session`` (``AsyncSession.sync_session``; nothing global, nothing at
-import time). The pending objects live in ``session.info``. The listeners do
-no I/O: they pick the objects whose fate the transaction decided and hand
-them to ``_cleanup``, which deletes them in one task on the event loop the
-mixin ran on. ``await drain_pending_deletions(session)`` waits for those
-tasks: tests, background jobs and shutdown code call it.
-
-Failures after the transaction are logged on the ``granite_storage`` logger
-and never raised into the commit; what is left behind is an unreferenced
-object that :class:`~granite_storage.gc.StorageGarbageCollector` removes.
-Replaced objects are kept by default because readers of the old ref may still
-be streaming it; the collector's grace period protects them.
-
-The same reference check runs before deleting the uploads of a rolled-back
-transaction, so a row made durable anyway (an ``AUTOCOMMIT`` connection, an
-outer transaction the session had joined) keeps its object.
-
-Savepoints: an upload made inside ``begin_nested()`` is deleted when that
-savepoint rolls back; releasing the savepoint hands its objects to the
-enclosing transaction.
-
-Left to the garbage collector: uploads for objects that were in no session
-(transient or detached), sessions dropped without being closed, crashed
-processes, and the objects of deleted rows. The reference check sees
-committed rows only: a concurrent transaction that copies a ref into another
-row while it is being replaced can lose the race (keep the default,
-``delete_replaced=False``, if your application copies refs between rows).
+How (SQLAlchemy's events are sync, the I/O is async): the first time stored
+content records an object for a session, ``after_commit``,
+``after_soft_rollback`` and ``after_transaction_end`` listeners are added to
+that one sync ``Session`` (``AsyncSession.sync_session``; nothing global,
+nothing at import time); the pending objects live in ``session.info``. The
+listeners do no I/O and never raise: they pick the objects whose fate the
+transaction decided and hand them to ``_cleanup``, which checks and deletes
+them in a task on the event loop the mixin ran on.
+``drain_pending_deletions(session)`` waits for those tasks.
 """
 
 from __future__ import annotations
