@@ -3,13 +3,37 @@ loaded it, and what the error says when it is not (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import json
+from typing import Any, ClassVar
+
 import pytest
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy import select
-from sqlalchemy.orm import defer
+from sqlalchemy import select, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, defer, mapped_column
 
-from granite_storage import StorageError
+from granite_storage import StorageError, StoredContentMixin, StoredObjectRef, StoredObjectRefType
 from tests.integrations.conftest import Document, Env, User, flushed
+
+
+class DefaultsBase(DeclarativeBase):
+    pass
+
+
+#: A placeholder ref the database fills in.
+PLACEHOLDER = StoredObjectRef("documents", "memory", "docs/placeholder.png", 0, "sha256:00")
+
+
+class Defaulted(StoredContentMixin, DefaultsBase):
+    """A ref column with a server default: its value after the INSERT is the server's."""
+
+    __tablename__ = "defaulted"
+    __stored_content_field_name__ = "ref"
+    __stored_content_storage_key__ = "documents"
+    __mapper_args__: ClassVar[dict[str, Any]] = {"eager_defaults": False}  # no RETURNING
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ref: Mapped[StoredObjectRef | None] = mapped_column(
+        StoredObjectRefType(), server_default=text(f"'{json.dumps(PLACEHOLDER.to_dict())}'")
+    )
 
 
 def unloaded(obj: object) -> set[str]:
@@ -28,6 +52,16 @@ async def test_a_new_objects_refs_are_none_after_its_first_flush(env: Env) -> No
         ref = await doc.aset_content(b"x")
         await session.commit()
         assert await session.scalar(select(Document._file_ref)) == ref
+
+
+async def test_a_server_default_is_read_from_the_database(env: Env) -> None:
+    async with env.engine.begin() as conn:
+        await conn.run_sync(DefaultsBase.metadata.create_all)
+    Defaulted.configure_storage_manager(env.manager)
+    async with env.sessions() as session:
+        obj = await flushed(session, Defaulted(id=1))
+        assert await obj.stored_content.aget_ref() == PLACEHOLDER  # not taken for None
+        assert obj.clear_content_reference() == PLACEHOLDER
 
 
 async def test_async_methods_leave_the_ref_loaded(env: Env) -> None:

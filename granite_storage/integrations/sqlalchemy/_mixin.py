@@ -9,7 +9,7 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar, NoReturn, Self, Unpack, overload
 
-from sqlalchemy import Connection, event
+from sqlalchemy import Column, Connection, event
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import InstanceState, Mapper, QueryContext
 from sqlalchemy.orm.attributes import set_committed_value
@@ -277,7 +277,8 @@ def _unset_refs_are_null(mapper: Mapper[Any], connection: Connection, target: ob
     for prop in mapper.column_attrs:
         column = prop.columns[0]
         if (
-            isinstance(column.type, StoredObjectRefType)
+            isinstance(column, Column)
+            and isinstance(column.type, StoredObjectRefType)
             and column.server_default is None
             and prop.key not in state.dict
             and prop.key not in state.expired_attributes
