@@ -7,34 +7,15 @@ from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy_model import Base, Document  # the model of docs/snippets/sqlalchemy_model.py
 
-from granite_storage import (
-    StorageManager,
-    StoragePolicy,
-    StoredContentMixin,
-    StoredObjectRef,
-    StoredObjectRefType,
-)
+from granite_storage import StorageManager, StoragePolicy, StoredContentMixin
 from granite_storage.backends.local import LocalStorageBackend
 from granite_storage.integrations.sqlalchemy import (
     LedgerGarbageCollector,
     ObjectLedger,
     drain_pending_deletions,
 )
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Document(StoredContentMixin, Base):
-    __tablename__ = "document"
-    __stored_content_field_name__ = "file_ref"
-    __stored_content_storage_key__ = "documents"
-
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    file_ref: Mapped[StoredObjectRef | None] = mapped_column(StoredObjectRefType())
 
 
 async def main(tmp: Path) -> None:
@@ -54,7 +35,7 @@ async def main(tmp: Path) -> None:
 
     # --8<-- [start:use]
     async with sessions() as session:
-        doc = Document(id=uuid.uuid4())
+        doc = Document(id=uuid.uuid4(), title="Report")
         session.add(doc)
         first = await doc.aset_content(b"v1")  # intent committed, then claimed here
         await session.commit()  # the claim commits with the row: 'live'

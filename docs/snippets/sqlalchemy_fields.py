@@ -5,7 +5,8 @@ import tempfile
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy_model import Base  # the Base of docs/snippets/sqlalchemy_model.py
 
 from granite_storage import (
     StorageManager,
@@ -16,10 +17,6 @@ from granite_storage import (
 )
 from granite_storage.backends.local import LocalStorageBackend
 from granite_storage.integrations.sqlalchemy import stored_content_field
-
-
-class Base(DeclarativeBase):
-    pass
 
 
 # --8<-- [start:model]

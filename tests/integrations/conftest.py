@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import ForeignKey, String
@@ -101,6 +101,16 @@ class SectionItem(StoredContentMixin, Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     content_markdown: Mapped[StoredObjectRef | None] = mapped_column(StoredObjectRefType())
+
+
+T = TypeVar("T")
+
+
+async def flushed(session: AsyncSession, obj: T) -> T:
+    """``obj``, added to ``session`` and flushed: its primary key is known."""
+    session.add(obj)
+    await session.flush()
+    return obj
 
 
 MIXIN_MODELS: tuple[type[StoredContentMixin], ...] = (

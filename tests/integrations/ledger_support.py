@@ -35,6 +35,7 @@ from granite_storage.integrations.sqlalchemy import (
     StoredObjectRefType,
     drain_pending_deletions,
 )
+from tests.integrations.conftest import flushed
 
 
 class LedgerBase(DeclarativeBase):
@@ -185,9 +186,7 @@ class LedgerEnv:
 
     async def acommitted_doc(self, content: bytes = b"v1") -> tuple[uuid.UUID, StoredObjectRef]:
         async with self.session() as session:
-            doc = Doc()
-            session.add(doc)
-            await session.flush()
+            doc = await flushed(session, Doc())
             ref = await doc.aset_content(content)
             await session.commit()
             return doc.id, ref

@@ -132,8 +132,7 @@ async def _operate(world: World, session: AsyncSession, operation: str,
             await anyio.sleep(pause)
             await session.commit()
         return
-    loaded = await session.get(Doc, doc_id)
-    assert loaded is not None
+    loaded = await session.get_one(Doc, doc_id)
     if operation == "replace":
         await _upload(world, loaded, rng)
         await anyio.sleep(pause)

@@ -64,8 +64,7 @@ async def test_a_listing_free_collection_touches_only_the_orphans(db_engine: Asy
     for _ in range(ORPHANS // 2):
         doc_id, ref = await env.acommitted_doc(b"released")
         async with env.session() as session:
-            doc = await session.get(Doc, doc_id)
-            assert doc is not None
+            doc = await session.get_one(Doc, doc_id)
             doc.clear_content_reference()
             await session.commit()
         orphans.add(ref.location)

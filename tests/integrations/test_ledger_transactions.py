@@ -23,6 +23,7 @@ from granite_storage.integrations.sqlalchemy import (
     _ledger_claims,
     drain_pending_deletions,
 )
+from tests.integrations.conftest import flushed
 from tests.integrations.ledger_support import (
     TABLE,
     Copy,
@@ -71,9 +72,7 @@ async def test_on_sqlite_a_transaction_holding_the_write_lock_claims_inside_it(
     """After a flush, SQLite's write lock is this transaction's: the intent cannot
     be committed elsewhere, so the claim is an insert inside the transaction."""
     async with lenv.session() as session:
-        doc = Doc()
-        session.add(doc)
-        await session.flush()
+        doc = await flushed(session, Doc())
         ref = await doc.aset_content(b"x")
         outside = await lenv.arows()
         await session.commit()
@@ -98,9 +97,7 @@ async def test_without_recorded_intents_the_claim_is_made_inside_the_transaction
 
 async def test_rollback_deletes_the_object_and_its_row(lenv: LedgerEnv) -> None:
     async with lenv.session() as session:
-        doc = Doc()
-        session.add(doc)
-        await session.flush()
+        doc = await flushed(session, Doc())
         ref = await doc.aset_content(b"x")
         assert await lenv.alocations() == {ref.location}
         await session.rollback()
@@ -125,8 +122,7 @@ async def test_replace_clear_and_delete_release_the_previous_object(lenv: Ledger
     doc_id, first = await lenv.acommitted_doc()
     other_id, other = await lenv.acommitted_doc()
     async with lenv.session() as session:
-        doc = await session.get(Doc, doc_id)
-        assert doc is not None
+        doc = await session.get_one(Doc, doc_id)
         second = await doc.aset_content(b"v2")
         await session.commit()
         assert await lenv.arows() == {
@@ -148,8 +144,7 @@ async def test_replace_clear_and_delete_release_the_previous_object(lenv: Ledger
 async def test_a_rolled_back_replace_keeps_the_previous_object_live(lenv: LedgerEnv) -> None:
     doc_id, first = await lenv.acommitted_doc()
     async with lenv.session() as session:
-        doc = await session.get(Doc, doc_id)
-        assert doc is not None
+        doc = await session.get_one(Doc, doc_id)
         second = await doc.aset_content(b"v2")
         await session.flush()
         await session.rollback()
@@ -163,8 +158,7 @@ async def test_delete_replaced_deletes_through_the_ledger(lenv: LedgerEnv) -> No
     lenv.configure(ledger=lenv.ledger, delete_replaced=True)
     doc_id, _ = await lenv.acommitted_doc()
     async with lenv.session() as session:
-        doc = await session.get(Doc, doc_id)
-        assert doc is not None
+        doc = await session.get_one(Doc, doc_id)
         second = await doc.aset_content(b"v2")
         await session.commit()
         await drain_pending_deletions(session)
@@ -178,8 +172,7 @@ async def test_delete_replaced_keeps_an_object_another_row_references(lenv: Ledg
     async with lenv.session() as session:
         session.add(Copy(id=1, ref=first))
         await session.commit()
-        doc = await session.get(Doc, doc_id)
-        assert doc is not None
+        doc = await session.get_one(Doc, doc_id)
         await doc.aset_content(b"v2")
         await session.commit()
         await drain_pending_deletions(session)
@@ -190,8 +183,7 @@ async def test_delete_replaced_keeps_an_object_another_row_references(lenv: Ledg
 async def test_copying_a_released_ref_makes_it_live_again(lenv: LedgerEnv) -> None:
     doc_id, first = await lenv.acommitted_doc()
     async with lenv.session() as session:
-        doc = await session.get(Doc, doc_id)
-        assert doc is not None
+        doc = await session.get_one(Doc, doc_id)
         doc.clear_content_reference()
         await session.commit()
         assert (await lenv.arows())[first.location] == "released"
@@ -285,9 +277,7 @@ async def test_a_rolled_back_savepoint_deletes_its_upload_through_the_ledger(
     lenv: LedgerEnv,
 ) -> None:
     async with lenv.session() as session:
-        doc = Doc()
-        session.add(doc)
-        await session.flush()
+        doc = await flushed(session, Doc())
         outer = await doc.aset_content(b"outer")
         async with session.begin_nested() as savepoint:
             inner = await doc.aset_content(b"inner")

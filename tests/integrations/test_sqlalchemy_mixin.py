@@ -26,15 +26,14 @@ from tests.integrations.conftest import (
     Env,
     Membership,
     User,
+    flushed,
     make_manager,
 )
 
 
 async def test_set_and_get_bytes(env: Env) -> None:
     async with env.sessions() as session:
-        doc = Document()
-        session.add(doc)
-        await session.flush()
+        doc = await flushed(session, Document())
         ref = await doc.aset_content(b"%PDF-1.7", filename="report.pdf")
         assert doc._file_ref is ref
         assert ref.content_type == "application/pdf"
@@ -44,8 +43,7 @@ async def test_set_and_get_bytes(env: Env) -> None:
         await session.commit()
         doc_id = doc.id
     async with env.sessions() as session:
-        loaded = await session.get(Document, doc_id)
-        assert loaded is not None
+        loaded = await session.get_one(Document, doc_id)
         assert loaded._file_ref == ref
         assert await loaded.aget_content() == b"%PDF-1.7"
         assert await loaded.aget_content(verify=True) == b"%PDF-1.7"
@@ -53,9 +51,7 @@ async def test_set_and_get_bytes(env: Env) -> None:
 
 async def test_text_content(env: Env) -> None:
     async with env.sessions() as session:
-        doc = Document()
-        session.add(doc)
-        await session.flush()
+        doc = await flushed(session, Document())
         ref = await doc.aset_content("héllo")
         assert ref.content_type == "text/plain; charset=utf-8"
         assert await doc.aget_content() == "héllo".encode()
@@ -65,9 +61,7 @@ async def test_text_content(env: Env) -> None:
 
 async def test_no_content_reads_as_none_and_open_raises(env: Env) -> None:
     async with env.sessions() as session:
-        doc = Document()
-        session.add(doc)
-        await session.flush()
+        doc = await flushed(session, Document())
         assert await doc.aget_content() is None
         assert await doc.aget_content_text() is None
         with pytest.raises(ObjectNotFoundError, match="no stored content"):
@@ -78,9 +72,7 @@ async def test_no_content_reads_as_none_and_open_raises(env: Env) -> None:
 async def test_open_streams_the_content(env: Env) -> None:
     data = bytes(range(256)) * 3
     async with env.sessions() as session:
-        doc = Document()
-        session.add(doc)
-        await session.flush()
+        doc = await flushed(session, Document())
         await doc.aset_content(data)
         async with doc.aopen_content(verify=True) as reader:
             first = await reader.read(10)
@@ -90,9 +82,7 @@ async def test_open_streams_the_content(env: Env) -> None:
 
 async def test_open_a_missing_object_raises_not_found(env: Env) -> None:
     async with env.sessions() as session:
-        doc = Document()
-        session.add(doc)
-        await session.flush()
+        doc = await flushed(session, Document())
         ref = await doc.aset_content(b"x")
         await env.manager.adelete(ref)
         with pytest.raises(ObjectNotFoundError):
@@ -108,9 +98,7 @@ async def test_set_from_streams(env: Env) -> None:
         yield b"cd"
 
     async with env.sessions() as session:
-        doc = Document()
-        session.add(doc)
-        await session.flush()
+        doc = await flushed(session, Document())
         ref = await doc.aset_content_from_stream(chunks(), filename="v.txt")
         assert (ref.size, ref.content_type) == (4, "text/plain")
         assert await doc.aget_content() == b"abcd"
@@ -128,9 +116,7 @@ async def test_set_from_uploadfile(env: Env) -> None:
     )
     await upload.read(3)  # the handler peeked: the whole file is still stored
     async with env.sessions() as session:
-        doc = Document()
-        session.add(doc)
-        await session.flush()
+        doc = await flushed(session, Document())
         ref = await doc.aset_content_from_uploadfile(upload)
         assert (ref.original_filename, ref.content_type, ref.size) == ("cat.gif", "image/gif", 9)
         assert await doc.aget_content() == b"GIF89a..."
@@ -138,9 +124,7 @@ async def test_set_from_uploadfile(env: Env) -> None:
 
 async def test_replace_returns_both_refs(env: Env) -> None:
     async with env.sessions() as session:
-        doc = Document()
-        session.add(doc)
-        await session.flush()
+        doc = await flushed(session, Document())
         first = await doc.areplace_content(b"one", filename="r.pdf")
         assert first == ReplaceContentResult(previous_ref=None, new_ref=doc._file_ref)  # type: ignore[arg-type]
         second = await doc.areplace_content(b"two", filename="r2.pdf")
@@ -152,9 +136,7 @@ async def test_replace_returns_both_refs(env: Env) -> None:
 
 async def test_clear_reference_does_no_io_and_returns_previous(env: Env) -> None:
     async with env.sessions() as session:
-        doc = Document()
-        session.add(doc)
-        await session.flush()
+        doc = await flushed(session, Document())
         ref = await doc.aset_content(b"x")
         await session.commit()
         assert doc.clear_content_reference() == ref
@@ -168,33 +150,12 @@ async def test_clear_reference_does_no_io_and_returns_previous(env: Env) -> None
 
 async def test_too_large_upload_leaves_the_ref_unchanged(env: Env) -> None:
     async with env.sessions() as session:
-        doc = Document()
-        session.add(doc)
-        await session.flush()
+        doc = await flushed(session, Document())
         ref = await doc.aset_content(b"small")
         with pytest.raises(ContentTooLargeError):
             await doc.aset_content(b"x" * 2000)
         assert doc._file_ref == ref
         assert await env.alocations() == {ref.location}
-
-
-async def test_expired_ref_is_loaded_by_async_methods(env: Env) -> None:
-    async with env.sessions(expire_on_commit=True) as session:
-        doc = Document()
-        session.add(doc)
-        await session.flush()
-        ref = await doc.aset_content(b"data")
-        await session.commit()  # expires doc
-        with pytest.raises(StorageError, match="refresh"):
-            doc.clear_content_reference()
-        assert await doc.aget_content() == b"data"
-        await session.commit()
-        result = await doc.areplace_content(b"new")
-        assert result.previous_ref == ref
-        await session.commit()
-        assert await doc.aget_content_text() == "new"
-        await session.refresh(doc)
-        assert doc.clear_content_reference() == result.new_ref
 
 
 async def test_missing_primary_key_says_to_flush(env: Env) -> None:
@@ -217,33 +178,26 @@ async def test_primary_key_not_called_id_and_explicit_key_without_flush(env: Env
         ref = await user.avatar.aset(b"png", filename="me.png")
         assert ref.location.startswith("avatars/user_account/41/avatar/")
         await session.commit()
-        user2 = User()
-        session.add(user2)
-        await session.flush()
+        user2 = await flushed(session, User())
         ref2 = await user2.avatar.aset(b"png")
         assert ref2.location.startswith(f"avatars/user_account/{user2.user_id}/avatar/")
 
 
 async def test_composite_primary_key_and_model_name_override(env: Env) -> None:
     async with env.sessions() as session:
-        member = Membership(org="Acme Inc/../x", member_no=7)
-        session.add(member)
-        await session.flush()
+        member = await flushed(session, Membership(org="Acme Inc/../x", member_no=7))
         ref = await member.aset_content(b"badge")
         assert ref.location.startswith("docs/member/Acme-Inc-..-x_7/badge_ref/")
         assert ".." not in ref.location.split("/")
         await session.commit()
     async with env.sessions() as session:
-        loaded = await session.get(Membership, ("Acme Inc/../x", 7))
-        assert loaded is not None
+        loaded = await session.get_one(Membership, ("Acme Inc/../x", 7))
         assert await loaded.aget_content() == b"badge"
 
 
 async def test_several_fields_each_with_its_policy(env: Env) -> None:
     async with env.sessions() as session:
-        user = User(user_id=1)
-        session.add(user)
-        await session.flush()
+        user = await flushed(session, User(user_id=1))
         avatar = await user.avatar.aset(b"avatar", filename="a.png")
         banner = await user.banner.aset(b"banner", filename="b.jpg")
         assert avatar.storage_key == "avatars" and avatar.location.startswith("avatars/")
@@ -263,8 +217,7 @@ async def test_several_fields_each_with_its_policy(env: Env) -> None:
         await user.avatar.aset_from_stream(io.BytesIO(b"new avatar"))
         await session.commit()
     async with env.sessions() as session:
-        loaded = await session.get(User, 1)
-        assert loaded is not None
+        loaded = await session.get_one(User, 1)
         assert await loaded.avatar.aget() == b"new avatar"
         assert await loaded.banner.aget() == b"banner2"
 
@@ -299,17 +252,27 @@ async def test_mixin_without_class_variables_says_what_to_set(env: Env) -> None:
         await user.aset_content(b"x")
 
 
+class OtherBase(DeclarativeBase):
+    """Models of these tests only, never created in the database."""
+
+
+class Broken(StoredContentMixin, OtherBase):
+    __tablename__ = "broken"
+    __stored_content_field_name__ = "name"  # not a ref column
+    __stored_content_storage_key__ = "documents"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str | None]
+
+
+class Lonely(StoredContentMixin, OtherBase):
+    __tablename__ = "lonely"  # never configured
+    __stored_content_field_name__ = "ref"
+    __stored_content_storage_key__ = "documents"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ref: Mapped[StoredObjectRef | None] = mapped_column(StoredObjectRefType())
+
+
 async def test_field_that_is_not_a_ref_column_is_refused(env: Env) -> None:
-    class LocalBase(DeclarativeBase):
-        pass
-
-    class Broken(StoredContentMixin, LocalBase):
-        __tablename__ = "broken"
-        __stored_content_field_name__ = "name"
-        __stored_content_storage_key__ = "documents"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        name: Mapped[str | None]
-
     Broken.configure_storage_manager(env.manager)
     with pytest.raises(ConfigurationError, match="StoredObjectRefType"):
         await Broken(id=1).aset_content(b"x")
@@ -341,25 +304,13 @@ async def test_configure_per_class(env: Env) -> None:
 
     # The real models: each has the manager env configured, and it is used.
     async with env.sessions() as session:
-        doc = Document()
-        session.add(doc)
-        await session.flush()
+        doc = await flushed(session, Document())
         second = env.configure()
         ref = await doc.aset_content(b"x")
         assert await second.aexists(ref)
 
 
 async def test_unconfigured_model_says_what_to_call(env: Env) -> None:
-    class LocalBase(DeclarativeBase):
-        pass
-
-    class Lonely(StoredContentMixin, LocalBase):
-        __tablename__ = "lonely"
-        __stored_content_field_name__ = "ref"
-        __stored_content_storage_key__ = "documents"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        ref: Mapped[StoredObjectRef | None] = mapped_column(StoredObjectRefType())
-
     # StoredContentMixin itself is never configured by the tests, so nothing is inherited.
     with pytest.raises(ConfigurationError, match=r"Lonely\.configure_storage_manager\(manager\)"):
         await Lonely(id=1).aset_content(b"x")

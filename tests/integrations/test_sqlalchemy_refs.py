@@ -31,7 +31,7 @@ from granite_storage.integrations.sqlalchemy import (
     iter_metadata_storage_refs,
     iter_model_storage_refs,
 )
-from granite_storage.integrations.sqlalchemy.refs import aiter_batches
+from granite_storage.integrations.sqlalchemy._db import aiter_batches
 from tests.integrations.conftest import Base, Document, Env, User
 
 ROWS = 10  # refs; _fill adds a JSON 'null' row that only a raw query sees

@@ -25,6 +25,7 @@ from tests.integrations.conftest import (
     EagerDocument,
     Env,
     User,
+    flushed,
     make_manager,
 )
 
@@ -33,9 +34,7 @@ async def _committed_document(
     env: Env, content: bytes = b"v1"
 ) -> tuple[uuid.UUID, StoredObjectRef]:
     async with env.sessions() as session:
-        doc = Document()
-        session.add(doc)
-        await session.flush()
+        doc = await flushed(session, Document())
         ref = await doc.aset_content(content)
         await session.commit()
         return doc.id, ref
@@ -43,9 +42,7 @@ async def _committed_document(
 
 async def test_rollback_deletes_the_upload(env: Env) -> None:
     async with env.sessions() as session:
-        doc = Document()
-        session.add(doc)
-        await session.flush()
+        doc = await flushed(session, Document())
         ref = await doc.aset_content(b"x")
         assert await env.alocations() == {ref.location}
         await session.rollback()
@@ -57,8 +54,7 @@ async def test_rollback_after_replace_keeps_the_committed_object(env: Env) -> No
     env.configure(delete_replaced=True)
     doc_id, ref = await _committed_document(env)
     async with env.sessions() as session:
-        doc = await session.get(Document, doc_id)
-        assert doc is not None
+        doc = await session.get_one(Document, doc_id)
         result = await doc.areplace_content(b"v2")
         await session.rollback()
         await drain_pending_deletions(session)
@@ -71,8 +67,7 @@ async def test_a_commit_that_fails_deletes_the_upload(env: Env) -> None:
     async with env.sessions() as session:
         session.add(Attachment(id=1))
         await session.commit()
-        doc = await session.get(Document, doc_id)
-        assert doc is not None
+        doc = await session.get_one(Document, doc_id)
         new = await doc.aset_content(b"v2")
         session.add(Attachment(id=1))  # duplicate key: the commit's flush fails
         with pytest.raises(IntegrityError):
@@ -87,9 +82,7 @@ async def test_a_rollback_that_cannot_undo_the_row_keeps_its_object(env: Env) ->
     """With AUTOCOMMIT the flushed row survives the rollback: so does its object."""
     autocommit = env.engine.execution_options(isolation_level="AUTOCOMMIT")
     async with env.sessions(bind=autocommit) as session:
-        doc = Document()
-        session.add(doc)
-        await session.flush()
+        doc = await flushed(session, Document())
         ref = await doc.aset_content(b"x")
         await session.flush()
         await session.rollback()
@@ -101,9 +94,7 @@ async def test_a_rollback_that_cannot_undo_the_row_keeps_its_object(env: Env) ->
 
 async def test_session_closed_with_an_open_transaction_deletes_the_upload(env: Env) -> None:
     async with env.sessions() as session:
-        doc = Document()
-        session.add(doc)
-        await session.flush()
+        doc = await flushed(session, Document())
         await doc.aset_content(b"x")
     await drain_pending_deletions(session)
     assert await env.alocations() == set()
@@ -114,8 +105,7 @@ async def test_changing_a_ref_outside_a_transaction_begins_one(env: Env) -> None
     session still deletes an upload made while no transaction was open."""
     doc_id, ref = await _committed_document(env)
     async with env.sessions() as session:
-        doc = await session.get(Document, doc_id)
-        assert doc is not None
+        doc = await session.get_one(Document, doc_id)
         await session.commit()  # expire_on_commit=False: doc stays loaded, no transaction
         assert session.sync_session.get_transaction() is None
         await doc.aset_content(b"never committed")
@@ -136,8 +126,7 @@ async def test_an_upload_for_an_object_in_no_session_is_an_orphan_for_the_gc(env
 async def test_commit_after_replace_keeps_the_old_object_by_default(env: Env) -> None:
     doc_id, ref = await _committed_document(env)
     async with env.sessions() as session:
-        doc = await session.get(Document, doc_id)
-        assert doc is not None
+        doc = await session.get_one(Document, doc_id)
         result = await doc.areplace_content(b"v2")
         await session.commit()
         await drain_pending_deletions(session)
@@ -150,8 +139,7 @@ async def test_commit_after_replace_deletes_the_old_object_when_the_policy_opts_
     env.configure(delete_replaced=True)
     doc_id, ref = await _committed_document(env)
     async with env.sessions() as session:
-        doc = await session.get(Document, doc_id)
-        assert doc is not None
+        doc = await session.get_one(Document, doc_id)
         result = await doc.areplace_content(b"v2")
         assert await env.alocations() == {ref.location, result.new_ref.location}
         await session.commit()
@@ -191,8 +179,7 @@ async def test_a_copy_in_another_row_keeps_the_object_alive(env: Env) -> None:
         copy = Document(_file_ref=ref)  # a second row holding the same ref
         session.add(copy)
         await session.commit()
-        doc = await session.get(Document, doc_id)
-        assert doc is not None
+        doc = await session.get_one(Document, doc_id)
         await doc.areplace_content(b"v2")
         await session.commit()
         await drain_pending_deletions(session)
@@ -210,14 +197,12 @@ async def test_a_copy_in_a_plain_table_keeps_the_object_alive(env: Env) -> None:
     async with env.sessions() as session:
         session.add(Attachment(id=1, ref=ref))
         await session.commit()
-        doc = await session.get(Document, doc_id)
-        assert doc is not None
+        doc = await session.get_one(Document, doc_id)
         assert doc.clear_content_reference() == ref
         await session.commit()
         await drain_pending_deletions(session)
         assert ref.location in await env.alocations()
-        attachment = await session.get(Attachment, 1)
-        assert attachment is not None
+        attachment = await session.get_one(Attachment, 1)
         await session.delete(attachment)
         await session.commit()
 
@@ -226,8 +211,7 @@ async def test_clear_and_commit_deletes_when_opted_in(env: Env) -> None:
     env.configure(delete_replaced=True)
     doc_id, ref = await _committed_document(env)
     async with env.sessions() as session:
-        doc = await session.get(Document, doc_id)
-        assert doc is not None
+        doc = await session.get_one(Document, doc_id)
         assert doc.clear_content_reference() == ref
         await session.commit()
         await drain_pending_deletions(session)
@@ -238,8 +222,7 @@ async def test_clear_then_rollback_keeps_the_object(env: Env) -> None:
     env.configure(delete_replaced=True)
     doc_id, ref = await _committed_document(env)
     async with env.sessions() as session:
-        doc = await session.get(Document, doc_id)
-        assert doc is not None
+        doc = await session.get_one(Document, doc_id)
         doc.clear_content_reference()
         await session.flush()
         await session.rollback()
@@ -250,9 +233,7 @@ async def test_clear_then_rollback_keeps_the_object(env: Env) -> None:
 
 async def test_an_upload_replaced_in_the_same_transaction_is_deleted_at_commit(env: Env) -> None:
     async with env.sessions() as session:  # the policy keeps replaced objects
-        doc = Document()
-        session.add(doc)
-        await session.flush()
+        doc = await flushed(session, Document())
         draft = await doc.aset_content(b"draft")
         final = await doc.aset_content(b"final")
         await session.commit()
@@ -263,9 +244,7 @@ async def test_an_upload_replaced_in_the_same_transaction_is_deleted_at_commit(e
 
 async def test_savepoint_rollback_deletes_only_its_uploads(env: Env) -> None:
     async with env.sessions() as session:
-        user = User(user_id=1)
-        session.add(user)
-        await session.flush()
+        user = await flushed(session, User(user_id=1))
         avatar = await user.avatar.aset(b"outer")
         async with session.begin_nested() as savepoint:
             banner = await user.banner.aset(b"inner")
@@ -292,8 +271,7 @@ async def test_a_failing_delete_after_commit_is_logged_not_raised(
     doc_id, ref = await _committed_document(env)
     caplog.set_level(logging.ERROR, logger="granite_storage")
     async with env.sessions() as session:
-        doc = await session.get(Document, doc_id)
-        assert doc is not None
+        doc = await session.get_one(Document, doc_id)
         new = (await doc.areplace_content(b"v2")).new_ref
         await session.commit()  # does not raise
         await drain_pending_deletions(session)
@@ -314,8 +292,7 @@ async def test_a_failing_reference_check_is_logged_and_deletes_nothing(
         await conn.run_sync(lambda c: Attachment.__table__.drop(c))  # type: ignore[attr-defined]
     caplog.set_level(logging.ERROR, logger="granite_storage")
     async with env.sessions() as session:
-        doc = await session.get(Document, doc_id)
-        assert doc is not None
+        doc = await session.get_one(Document, doc_id)
         await doc.areplace_content(b"v2")
         await session.commit()
         await drain_pending_deletions(session)
@@ -424,9 +401,7 @@ async def test_files_on_local_disk_follow_the_transaction(env: Env, tmp_path: Pa
     )
     Document.configure_storage_manager(manager)
     async with env.sessions() as session:
-        doc = Document()
-        session.add(doc)
-        await session.flush()
+        doc = await flushed(session, Document())
         first = await doc.aset_content(b"first", filename="a.txt")
         await session.commit()
         rolled_back = await doc.aset_content(b"rolled back")

@@ -19,7 +19,7 @@ from granite_storage import (
     portable_storage_ref_type,
 )
 from granite_storage.integrations.sqlalchemy import stored_ref_columns
-from tests.integrations.conftest import Attachment, Base, Document, Env, SectionItem
+from tests.integrations.conftest import Attachment, Base, Document, Env, SectionItem, flushed
 
 V010_REF: dict[str, Any] = {  # what granite-storage 0.1.0 wrote for a stored file
     "storage_key": "documents",
@@ -76,9 +76,7 @@ async def test_none_is_sql_null(env: Env) -> None:
 
 async def test_assigning_a_new_ref_is_persisted(env: Env) -> None:
     async with env.sessions() as session:
-        doc = Document()
-        session.add(doc)
-        await session.flush()
+        doc = await flushed(session, Document())
         ref = await doc.aset_content(b"x", filename="a.txt")
         await session.commit()
         changed = ref.replace(content_type="text/markdown", extra={"reviewed": True})
@@ -93,9 +91,7 @@ async def test_assigning_a_new_ref_is_persisted(env: Env) -> None:
 
 async def test_an_equal_ref_writes_nothing(env: Env) -> None:
     async with env.sessions() as session:
-        doc = Document()
-        session.add(doc)
-        await session.flush()
+        doc = await flushed(session, Document())
         ref = await doc.aset_content(b"x")
         await session.commit()
         statements: list[str] = []
@@ -159,9 +155,7 @@ async def test_json_null_written_by_0_1_0_loads_as_none(env: Env) -> None:
 
 async def test_a_filename_with_nul_commits_and_round_trips(env: Env) -> None:
     async with env.sessions() as session:
-        doc = Document()
-        session.add(doc)
-        await session.flush()
+        doc = await flushed(session, Document())
         ref = await doc.aset_content(b"x", filename="re\x00port\ud800.pdf", content_type="a/\x00b")
         await session.commit()
     async with env.sessions() as session:

@@ -3,7 +3,7 @@
 Opt-in: only applications that configure an ``ObjectLedger`` need it (see
 docs/ledger.md). The DDL is spelled out with SQLAlchemy's own types, so this
 file keeps working whatever happens to the library's classes later; it matches
-``granite_storage.integrations.sqlalchemy.ledger.ledger_table``.
+``granite_storage.integrations.sqlalchemy.ledger_table``.
 
 The index on ``(storage_key, state, updated_at)`` is what makes a listing-free
 collection cost O(candidates): the collector's query reads only rows in state

@@ -26,27 +26,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from datetime import datetime
+from typing import Any, TypeVar
 
 import anyio
-import anyio.to_thread
-from sqlalchemy import Connection, Table, delete, insert, select, update
-from sqlalchemy.ext.asyncio import async_object_session
-from sqlalchemy.orm import Mapper, Session
+from sqlalchemy import Connection, Engine, Table, delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import Mapper
 
-from granite_storage.errors import ConfigurationError
+from granite_storage.errors import ConfigurationError, LedgerConflictError
+from granite_storage.integrations.sqlalchemy._db import arun_in_session, arun_on_connection
 from granite_storage.integrations.sqlalchemy._ledger_schema import (
-    LedgerConflictError,
     LedgerState,
 )
-from granite_storage.integrations.sqlalchemy._ledger_sweep import arun_on_connection
-from granite_storage.integrations.sqlalchemy.mapping import bind_of
 from granite_storage.refs import StoredObjectRef
-
-if TYPE_CHECKING:
-    from granite_storage.integrations.sqlalchemy.ledger import ObjectLedger
-
-__all__ = ["UploadClaim", "aclaim_upload"]
 
 logger = logging.getLogger("granite_storage")
 
@@ -58,23 +51,16 @@ class _AppTransaction:
     """Runs statements in the transaction of the session ``instance`` belongs to."""
 
     instance: object
-    session: Session
     mapper: Mapper[Any]
 
     async def arun(self, work: Callable[[Connection], T]) -> T:
         bind_arguments: dict[str, Any] = {"mapper": self.mapper}
-        async_session = async_object_session(self.instance)
-        if async_session is not None:
-            return await async_session.run_sync(
-                lambda sync: work(sync.connection(bind_arguments=bind_arguments))
-            )
-        session = self.session
-        return await anyio.to_thread.run_sync(
-            lambda: work(session.connection(bind_arguments=bind_arguments))
+        return await arun_in_session(
+            self.instance, lambda session: work(session.connection(bind_arguments=bind_arguments))
         )
 
 
-class UploadClaim:
+class LedgerClaim:
     """One upload's location, claimed in the application's transaction."""
 
     __slots__ = ("_app", "_table", "location")
@@ -113,48 +99,36 @@ class UploadClaim:
 
 
 async def aclaim_upload(
-    ledger: ObjectLedger,
     instance: object,
-    session: Session,
     mapper: Mapper[Any],
+    table: Table,
     *,
-    location: str,
-    storage_key: str,
-    backend: str,
-) -> UploadClaim:
-    """Record and claim ``location`` before its upload (see the module docstring).
+    intent_bind: Engine | AsyncEngine | None,
+    row: dict[str, Any],
+) -> LedgerClaim:
+    """Record and claim the location of ``row`` (a :func:`new_row`) before its
+    upload (see the module docstring); ``intent_bind=None``: no intent, the
+    claim is made inside the application's transaction.
 
     :raises LedgerConflictError: if a collector won the intent before the claim.
     :raises ConfigurationError: if the transaction cannot see the committed
         intent (PostgreSQL at REPEATABLE READ or SERIALIZABLE), or the
         database is neither PostgreSQL nor SQLite.
     """
-    ledger.watch(session)
-    app = _AppTransaction(instance, session, mapper)
-    table = ledger.table
-    now = ledger.now()
-    row = {
-        "location": location,
-        "storage_key": storage_key,
-        "backend": backend,
-        "size": None,
-        "checksum": None,
-        "created_at": now,
-        "updated_at": now,
-    }
+    app = _AppTransaction(instance, mapper)
+    location, now = row["location"], row["updated_at"]
     dialect, holds_write_lock = await app.arun(_inspect_connection)
     if dialect not in ("postgresql", "sqlite"):
         raise ConfigurationError(
             f"the object ledger supports PostgreSQL and SQLite, not {dialect!r}; configure "
             "the model without a ledger"
         )
-    if not ledger.record_intents or holds_write_lock:
+    if intent_bind is None or holds_write_lock:
         live = insert(table).values(**row, state=LedgerState.LIVE.value)
         await app.arun(lambda conn: conn.execute(live))
-        return UploadClaim(app, table, location)
-    intent_bind = ledger.intent_bind or bind_of(session, mapper)
+        return LedgerClaim(app, table, location)
     intent = insert(table).values(**row, state=LedgerState.INTENT.value)
-    await arun_on_connection(intent_bind, lambda conn: _commit(conn, intent))
+    await arun_on_connection(intent_bind, lambda conn: commit(conn, intent))
     claim = (
         update(table)
         .where(table.c.location == location, table.c.state == LedgerState.INTENT.value)
@@ -171,7 +145,7 @@ async def aclaim_upload(
         )
         if state == LedgerState.INTENT.value:
             gone = delete(table).where(table.c.location == location)
-            await arun_on_connection(intent_bind, lambda conn: _commit(conn, gone))
+            await arun_on_connection(intent_bind, lambda conn: commit(conn, gone))
             raise ConfigurationError(
                 f"the object ledger could not claim {location!r}: this transaction does not "
                 "see rows committed after it began, so it runs at REPEATABLE READ or "
@@ -187,10 +161,24 @@ async def aclaim_upload(
             "between the two); nothing was uploaded: try again",
             location=location,
         )
-    return UploadClaim(app, table, location)
+    return LedgerClaim(app, table, location)
 
 
-def _commit(conn: Connection, statement: Any) -> None:
+def new_row(*, location: str, storage_key: str, backend: str, now: datetime) -> dict[str, Any]:
+    """The values of a new ledger row, but its state (size and checksum unknown yet)."""
+    return {
+        "location": location,
+        "storage_key": storage_key,
+        "backend": backend,
+        "size": None,
+        "checksum": None,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def commit(conn: Connection, statement: Any) -> None:
+    """Execute ``statement`` in a transaction of its own on ``conn``."""
     with conn.begin():
         conn.execute(statement)
 

@@ -11,7 +11,7 @@ reads the history of every ``StoredObjectRefType`` attribute the flush wrote:
   ``live`` and, being written, stays locked by this transaction until it
   ends, so no collector can win it meanwhile. If the collector has already
   won it (state ``deleting``), the flush raises
-  :class:`~granite_storage.integrations.sqlalchemy.ledger.LedgerConflictError`:
+  :class:`~granite_storage.integrations.sqlalchemy.LedgerConflictError`:
   the ref points at an object being deleted and must not be committed.
 
 Refs whose location the ledger does not know (objects stored before the ledger
@@ -29,14 +29,12 @@ from sqlalchemy import Connection, Table, select, update
 from sqlalchemy.orm import ColumnProperty, Mapper, PassiveFlag, UOWTransaction
 
 from granite_storage._util import batched
+from granite_storage.errors import LedgerConflictError
 from granite_storage.integrations.sqlalchemy._ledger_schema import (
-    LedgerConflictError,
     LedgerState,
 )
 from granite_storage.integrations.sqlalchemy.types import StoredObjectRefType
 from granite_storage.refs import StoredObjectRef
-
-__all__ = ["protect_and_release", "ref_changes"]
 
 
 def ref_changes(flush_context: UOWTransaction) -> dict[Mapper[Any], tuple[set[str], set[str]]]:

@@ -12,23 +12,22 @@ from sqlalchemy import Connection, Engine, MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from granite_storage.contracts import BatchDeleteResult
-from granite_storage.errors import ConfigurationError
+from granite_storage.errors import ConfigurationError, LockUnavailableError
 from granite_storage.gc import DEFAULT_MIN_AGE, GarbageCollectionReport, ReferenceSource
 from granite_storage.gc._collector import BaseCollector
 from granite_storage.gc._deletions import adelete_counted, stop_at_cap
 from granite_storage.gc._report import ORPHAN_SAMPLE_SIZE
 from granite_storage.gc._run import CollectionRun, Plan, RunOptions
+from granite_storage.integrations.sqlalchemy._db import arun_on_connection
+from granite_storage.integrations.sqlalchemy._ledger import ObjectLedger
 from granite_storage.integrations.sqlalchemy._ledger_sweep import (
-    LockUnavailableError,
     Won,
-    arun_on_connection,
     count_candidates,
     forget,
     sample_candidates,
     win_candidates,
     win_locations,
 )
-from granite_storage.integrations.sqlalchemy.ledger import ObjectLedger
 from granite_storage.integrations.sqlalchemy.refs import iter_metadata_storage_refs
 from granite_storage.integrations.sqlalchemy.types import stored_ref_columns
 from granite_storage.locations import is_under_prefix

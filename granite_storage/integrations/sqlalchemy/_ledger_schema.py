@@ -1,6 +1,6 @@
-"""The object ledger's table, its states and its error. No I/O.
+"""The object ledger's table and its states. No I/O.
 
-See :mod:`granite_storage.integrations.sqlalchemy.ledger` for the protocol.
+See :class:`~granite_storage.integrations.sqlalchemy.ObjectLedger` for the protocol.
 """
 
 from __future__ import annotations
@@ -18,15 +18,7 @@ from sqlalchemy import (
     Table,
 )
 
-from granite_storage.errors import LedgerConflictError as LedgerConflictError
 from granite_storage.locations import MAX_LOCATION_LENGTH
-
-__all__ = [
-    "LEDGER_TABLE_NAME",
-    "LedgerConflictError",
-    "LedgerState",
-    "ledger_table",
-]
 
 #: The default name of the ledger table.
 LEDGER_TABLE_NAME = "granite_storage_objects"

@@ -2,7 +2,7 @@
 own concurrency control, check that no row references them, delete them.
 
 Every function that touches the database is written against a sync
-``Connection`` and runs through :func:`arun_on_connection`: on an async engine
+``Connection`` and runs through ``_db.arun_on_connection``: on an async engine
 inside ``AsyncConnection.run_sync`` (SQLAlchemy's greenlet bridge, on the event
 loop), on a sync engine in a worker thread.
 
@@ -29,45 +29,25 @@ rows that the next run finishes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
-import anyio.to_thread
-from sqlalchemy import Connection, Engine, MetaData, Table, delete, func, select, update
+from sqlalchemy import Connection, MetaData, Table, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from granite_storage._util import batched
-from granite_storage.errors import ConfigurationError
+from granite_storage.errors import ConfigurationError, LockUnavailableError
+from granite_storage.integrations.sqlalchemy._ledger_claims import new_row
 from granite_storage.integrations.sqlalchemy._ledger_schema import LedgerState
-from granite_storage.integrations.sqlalchemy.events import referenced_locations_statements
-
-__all__ = [
-    "CANDIDATE_STATES",
-    "LockUnavailableError",
-    "Won",
-    "arun_on_connection",
-    "count_candidates",
-    "forget",
-    "sample_candidates",
-    "win_candidates",
-    "win_locations",
-]
-
-T = TypeVar("T")
+from granite_storage.integrations.sqlalchemy.refs import referenced_locations_statements
 
 #: The states a listing-free collection looks at (once older than its cutoff).
 CANDIDATE_STATES = (LedgerState.INTENT, LedgerState.RELEASED, LedgerState.DELETING)
 _LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL: lock_timeout expired
-
-
-class LockUnavailableError(Exception):
-    """The database lock a win needs could not be had in time (SQLite: another
-    transaction holds the write lock). Nothing was changed; try again later."""
 
 
 @dataclass(slots=True)
@@ -80,24 +60,6 @@ class Won:
     referenced: list[str] = field(default_factory=list)
     #: Held by an open transaction (or being inserted by one): not won, kept.
     skipped: list[str] = field(default_factory=list)
-
-
-async def arun_on_connection(bind: Engine | AsyncEngine, work: Callable[[Connection], T]) -> T:
-    """Run ``work(connection)`` on a new connection of ``bind``: through
-    ``run_sync`` on an async engine, in a worker thread on a sync one."""
-    if isinstance(bind, AsyncEngine):
-        engine = bind
-    elif bind.dialect.is_async:
-        engine = AsyncEngine(bind)
-    else:
-        return await anyio.to_thread.run_sync(_run_sync_engine, bind, work)
-    async with engine.connect() as conn:
-        return await conn.run_sync(work)
-
-
-def _run_sync_engine(bind: Engine, work: Callable[[Connection], T]) -> T:
-    with bind.connect() as conn:
-        return work(conn)
 
 
 def is_lock_error(exc: BaseException) -> bool:
@@ -263,16 +225,8 @@ def _insert_absent(
 ) -> tuple[list[str], list[str]]:
     """Insert ``deleting`` rows; returns (inserted, held by another transaction)."""
     values = [
-        {
-            "location": location,
-            "storage_key": key,
-            "backend": backend,
-            "size": None,
-            "checksum": None,
-            "created_at": stamp,
-            "updated_at": stamp,
-            "state": LedgerState.DELETING.value,
-        }
+        new_row(location=location, storage_key=key, backend=backend, now=stamp)
+        | {"state": LedgerState.DELETING.value}
         for location, (key, backend) in rows.items()
     ]
     insert = _insert_ignoring_conflicts(conn, table)

@@ -1,4 +1,5 @@
-"""Stream the refs stored in the database, for the garbage collector.
+"""Refs in the database: streamed for the garbage collector, and looked up by
+location before a deletion.
 
 ``iter_model_storage_refs(session, Document, "_file_ref")`` yields the
 non-null refs of one column; ``iter_metadata_storage_refs(session,
@@ -23,36 +24,41 @@ do not use a sync session from another task while the iteration runs.
 A session runs the query in its own transaction (autobegun, left open for
 you to end); an engine gives the iteration a connection of its own, which
 suits a long garbage-collection run.
+
+:func:`areferenced_locations` answers, before an object is deleted, whether
+some row still holds a ref to it (``col ->> 'location' IN (...)`` over every
+``StoredObjectRefType`` column of a ``MetaData``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, TypeAlias
+from collections.abc import AsyncIterator
+from typing import Any
 
-import anyio
-import anyio.to_thread
-from sqlalchemy import Column, Connection, Engine, MetaData, Select, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
-from sqlalchemy.orm import ColumnProperty, Session
+from sqlalchemy import (
+    JSON,
+    Column,
+    CompoundSelect,
+    Engine,
+    MetaData,
+    Select,
+    bindparam,
+    select,
+    union_all,
+)
+from sqlalchemy.orm import ColumnProperty
 from sqlalchemy.orm import InstrumentedAttribute as _Attr
 
+from granite_storage._util import batched
 from granite_storage.errors import ConfigurationError
+from granite_storage.integrations.sqlalchemy._db import Executor, aiter_batches, arun_on_connection
 from granite_storage.integrations.sqlalchemy.types import StoredObjectRefType, stored_ref_columns
 from granite_storage.refs import StoredObjectRef
 
-__all__ = [
-    "DEFAULT_BATCH_SIZE",
-    "Executor",
-    "iter_metadata_storage_refs",
-    "iter_model_storage_refs",
-]
+__all__ = ["iter_metadata_storage_refs", "iter_model_storage_refs"]
 
 #: Rows fetched per round trip.
 DEFAULT_BATCH_SIZE = 1000
-
-#: What the iterators read from.
-Executor: TypeAlias = AsyncSession | AsyncConnection | AsyncEngine | Session | Connection | Engine
 
 
 async def iter_model_storage_refs(
@@ -121,53 +127,39 @@ async def _aiter_refs(
                 yield value
 
 
-async def aiter_batches(
-    source: Executor, statement: Select[Any], batch_size: int
-) -> AsyncIterator[Sequence[Any]]:
-    """The first column of ``statement``'s rows, in lists of at most ``batch_size``."""
-    if batch_size < 1:
-        raise ConfigurationError(f"batch_size must be at least 1, got {batch_size}")
-    statement = statement.execution_options(yield_per=batch_size)
-    if isinstance(source, AsyncEngine):
-        async with source.connect() as conn:
-            async for batch in aiter_batches(conn, statement, batch_size):
-                yield batch
-        return
-    if isinstance(source, AsyncSession | AsyncConnection):
-        result = (
-            await source.stream_scalars(statement)
-            if isinstance(source, AsyncSession)
-            else (await source.stream(statement)).scalars()
+async def areferenced_locations(bind: Engine, metadata: MetaData, locations: list[str]) -> set[str]:
+    """The subset of ``locations`` that some :class:`StoredObjectRefType`
+    column under ``metadata`` holds, read in a new, short transaction."""
+    statements = referenced_locations_statements(metadata, locations)
+    if not statements:
+        return set()
+    return await arun_on_connection(
+        bind, lambda conn: {loc for query in statements for loc in conn.execute(query).scalars()}
+    )
+
+
+def referenced_locations_statements(
+    metadata: MetaData, locations: list[str]
+) -> list[CompoundSelect[Any]]:
+    """The queries of :func:`areferenced_locations`: each selects the
+    locations of one batch that some ref column under ``metadata`` holds
+    (``col ->> 'location' IN (...)``, one ``UNION ALL`` branch per column).
+    Empty when there are no ref columns or no locations."""
+    columns = stored_ref_columns(metadata)
+    if not columns or not locations:
+        return []
+    # The JSON path is rendered as a literal, so that the expression matches an
+    # index on ``col ->> 'location'`` (SQLite cannot match a bound path, and a
+    # generic PostgreSQL plan neither).
+    key = bindparam("location_key", "location", type_=JSON.JSONStrIndexType(), literal_execute=True)
+    return [
+        union_all(
+            *(
+                select(column[key].as_string().label("location")).where(
+                    column[key].as_string().in_(batch)
+                )
+                for column in columns
+            )
         )
-        try:
-            async for partition in result.partitions(batch_size):
-                yield partition
-        finally:
-            with anyio.CancelScope(shield=True):
-                await result.close()
-        return
-    async for batch in _aiter_sync_batches(source, statement, batch_size):
-        yield batch
-
-
-async def _aiter_sync_batches(
-    source: Session | Connection | Engine, statement: Select[Any], batch_size: int
-) -> AsyncIterator[Sequence[Any]]:
-    closers: list[Callable[[], object]] = []  # run in reverse order, in a worker thread
-    try:
-        executor: Session | Connection
-        if isinstance(source, Engine):
-            executor = await anyio.to_thread.run_sync(source.connect)
-            closers.append(executor.close)
-        else:
-            executor = source
-        result = await anyio.to_thread.run_sync(executor.execute, statement)
-        closers.append(result.close)
-        partitions = result.scalars().partitions(batch_size)
-        fetch: Callable[[], Sequence[Any] | None] = lambda: next(partitions, None)  # noqa: E731
-        while (batch := await anyio.to_thread.run_sync(fetch)) is not None:
-            yield batch
-    finally:
-        with anyio.CancelScope(shield=True):
-            for close in reversed(closers):
-                await anyio.to_thread.run_sync(close)
+        for batch in batched(locations)
+    ]

@@ -1,70 +1,39 @@
-"""StoredContentMixin (one stored field per model) and stored_content_field (several).
-
-One field, the contract's class variables::
-
-    class Document(StoredContentMixin, Base):
-        __tablename__ = "document"
-        __stored_content_field_name__ = "_file_ref"
-        __stored_content_storage_key__ = "documents"
-        id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-        _file_ref: Mapped[StoredObjectRef | None] = mapped_column(StoredObjectRefType())
-
-    Document.configure_storage_manager(manager)
-    session.add(doc := Document())
-    await session.flush()                     # the primary key names the location
-    await doc.aset_content(b"...", filename="report.pdf")
-    await session.commit()
-
-Several fields, each with its own policy::
-
-    class User(StoredContentMixin, Base):
-        __tablename__ = "user_account"
-        user_id: Mapped[int] = mapped_column(primary_key=True)
-        avatar_ref: Mapped[StoredObjectRef | None] = mapped_column(StoredObjectRefType())
-        banner_ref: Mapped[StoredObjectRef | None] = mapped_column(StoredObjectRefType())
-
-        avatar = stored_content_field("avatar_ref", storage_key="avatars")
-        banner = stored_content_field("banner_ref", storage_key="banners", delete_replaced=True)
-
-    await user.avatar.aset(data, filename="me.png")
-    png = await user.avatar.aget()
-
-Both run the same code (:class:`~granite_storage.integrations.sqlalchemy.content.StoredContent`),
-and the objects they write follow the session's transaction (see
-:mod:`granite_storage.integrations.sqlalchemy.events`).
+"""StoredContentMixin (one stored field per model, named by class variables)
+and stored_content_field (several fields, each with its policy); both run
+:class:`~granite_storage.integrations.sqlalchemy.StoredContent`. Examples:
+``docs/sqlalchemy.md``.
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
-from typing import Any, ClassVar, NoReturn, Self, overload
+from typing import Any, ClassVar, NoReturn, Self, Unpack, overload
 
-from sqlalchemy import event
-from sqlalchemy.orm import QueryContext
+from sqlalchemy import Column, Connection, event
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.orm import InstanceState, Mapper, QueryContext
+from sqlalchemy.orm.attributes import set_committed_value
 
 from granite_storage.contracts import ObjectReader
 from granite_storage.errors import ConfigurationError
-from granite_storage.integrations.sqlalchemy.content import (
-    LEDGER_ATTRIBUTE,
-    MANAGER_ATTRIBUTE,
+from granite_storage.integrations.sqlalchemy._content import (
     FieldSpec,
     ReplaceContentResult,
     StoredContent,
+    StoreOptions,
     UploadFileLike,
-    ledger_of,
+)
+from granite_storage.integrations.sqlalchemy._ledger import ObjectLedger
+from granite_storage.integrations.sqlalchemy._mapping import (
+    MANAGER_ATTRIBUTE,
+    PLUGIN_ATTRIBUTE,
+    plugin_of,
     storage_manager_of,
 )
-from granite_storage.integrations.sqlalchemy.ledger import ObjectLedger
+from granite_storage.integrations.sqlalchemy.types import StoredObjectRefType
 from granite_storage.manager import StorageManager
 from granite_storage.refs import StoredObjectRef
 from granite_storage.streams import ByteSource
-
-__all__ = [
-    "ReplaceContentResult",
-    "StoredContentField",
-    "StoredContentMixin",
-    "stored_content_field",
-]
 
 
 class StoredContentMixin:
@@ -86,13 +55,13 @@ class StoredContentMixin:
     flush before their first upload. Models with several stored fields use
     :func:`stored_content_field` instead of (or with) the first two variables.
 
-    The async methods load a ref column that a commit or rollback expired
-    (``expire_on_commit=True`` works); :meth:`clear_content_reference` and
-    ``StoredContent.ref`` do no I/O and raise instead. The objects written and
-    replaced follow the session's transaction (see
-    :mod:`granite_storage.integrations.sqlalchemy.events`); ``await
-    drain_pending_deletions(session)`` waits for the deletions that follow a
-    commit or rollback.
+    A new row's ref columns read ``None`` after its first flush. The async
+    methods load a ref column that a commit or rollback expired
+    (``expire_on_commit=True`` works) and leave it loaded;
+    :meth:`clear_content_reference` and ``StoredContent.ref`` do no I/O and
+    raise instead. The objects written and replaced follow the session's
+    transaction (:func:`drain_pending_deletions` waits for the deletions that
+    follow a commit or rollback).
 
     Methods that need a manager raise
     :class:`~granite_storage.errors.ConfigurationError` until
@@ -115,7 +84,7 @@ class StoredContentMixin:
         ledger). ``StoredContentMixin.configure_storage_manager(manager)`` sets
         it for every model at once.
 
-        :param ledger: an :class:`~granite_storage.integrations.sqlalchemy.ledger.ObjectLedger`
+        :param ledger: an :class:`~granite_storage.integrations.sqlalchemy.ObjectLedger`
             to record every upload in (opt-in: strict, listing-free garbage
             collection; see ``docs/ledger.md``). ``None``: plain mode.
         :raises ConfigurationError: if ``manager`` or ``ledger`` has the wrong type.
@@ -130,7 +99,9 @@ class StoredContentMixin:
                 f"{type(ledger).__name__}"
             )
         setattr(cls, MANAGER_ATTRIBUTE, manager)
-        setattr(cls, LEDGER_ATTRIBUTE, ledger)
+        setattr(cls, PLUGIN_ATTRIBUTE, ledger)
+        if not event.contains(cls, "after_insert", _unset_refs_are_null):
+            event.listen(cls, "after_insert", _unset_refs_are_null, propagate=True)
         if ledger is not None and not event.contains(cls, "load", _watch_loaded):
             # A session that loads a row of this model follows the ledger from
             # then on, so that deleting or changing the row releases its refs.
@@ -169,33 +140,21 @@ class StoredContentMixin:
     # -- the contract's methods --------------------------------------------------
 
     async def aset_content(
-        self,
-        content: bytes | str,
-        *,
-        filename: str | None = None,
-        content_type: str | None = None,
-        extra: dict[str, Any] | None = None,
+        self, content: bytes | str, **options: Unpack[StoreOptions]
     ) -> StoredObjectRef:
         """Store ``content`` in a new object and assign its ref; ``str`` is
-        stored as UTF-8 ``text/plain``. See :meth:`StoredContent.aset_from_stream`
-        for what is raised and what happens to the previous object."""
-        return await self.stored_content.aset(
-            content, filename=filename, content_type=content_type, extra=extra
-        )
+        stored as UTF-8 ``text/plain``. ``options``: ``filename``,
+        ``content_type``, ``extra`` (:class:`StoreOptions`). See
+        :meth:`StoredContent.aset_from_stream` for what is raised and what
+        happens to the previous object."""
+        return await self.stored_content.aset(content, **options)
 
     async def aset_content_from_stream(
-        self,
-        stream: ByteSource,
-        *,
-        filename: str | None = None,
-        content_type: str | None = None,
-        extra: dict[str, Any] | None = None,
+        self, stream: ByteSource, **options: Unpack[StoreOptions]
     ) -> StoredObjectRef:
         """Stream ``stream`` (anything ``StorageManager.aput_stream`` takes) into
         a new object and assign its ref. See :meth:`StoredContent.aset_from_stream`."""
-        return await self.stored_content.aset_from_stream(
-            stream, filename=filename, content_type=content_type, extra=extra
-        )
+        return await self.stored_content.aset_from_stream(stream, **options)
 
     async def aset_content_from_uploadfile(
         self, upload_file: UploadFileLike, *, extra: dict[str, Any] | None = None
@@ -205,17 +164,10 @@ class StoredContentMixin:
         return await self.stored_content.aset_from_uploadfile(upload_file, extra=extra)
 
     async def areplace_content(
-        self,
-        content: bytes | str,
-        *,
-        filename: str | None = None,
-        content_type: str | None = None,
-        extra: dict[str, Any] | None = None,
+        self, content: bytes | str, **options: Unpack[StoreOptions]
     ) -> ReplaceContentResult:
         """Like :meth:`aset_content`, returning the previous and the new ref."""
-        return await self.stored_content.areplace(
-            content, filename=filename, content_type=content_type, extra=extra
-        )
+        return await self.stored_content.areplace(content, **options)
 
     async def aget_content(self, *, verify: bool = False) -> bytes | None:
         """The content, or ``None`` without a ref.
@@ -308,13 +260,30 @@ class StoredContentField:
 
 
 def _watch_loaded(target: object, context: QueryContext) -> None:
-    ledger = ledger_of(type(target))
-    if ledger is not None and context.session is not None:
-        ledger.watch(context.session)
+    plugin = plugin_of(type(target))
+    if plugin is not None and context.session is not None:
+        plugin.watch(context.session)
 
 
 def _watch_refreshed(target: object, context: QueryContext, attrs: object) -> None:
     _watch_loaded(target, context)
+
+
+def _unset_refs_are_null(mapper: Mapper[Any], connection: Connection, target: object) -> None:
+    """After its INSERT, a ref column that was never set is known to be NULL:
+    mark it loaded (``None``), so that reading it needs no I/O. SQLAlchemy
+    leaves such a column unloaded; one with a server default stays expired."""
+    state: InstanceState[Any] = sa_inspect(target)
+    for prop in mapper.column_attrs:
+        column = prop.columns[0]
+        if (
+            isinstance(column, Column)
+            and isinstance(column.type, StoredObjectRefType)
+            and column.server_default is None
+            and prop.key not in state.dict
+            and prop.key not in state.expired_attributes
+        ):
+            set_committed_value(target, prop.key, None)
 
 
 def stored_content_field(

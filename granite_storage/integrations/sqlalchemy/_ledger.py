@@ -13,7 +13,7 @@ period, and finding orphans means listing the whole bucket. With one::
   transaction, which holds the claim until it commits or rolls back;
 * every flush releases the refs that left rows and protects those that
   entered rows (see ``_ledger_flush``);
-* :class:`~granite_storage.ledger_gc.LedgerGarbageCollector` deletes an
+* :class:`~granite_storage.integrations.sqlalchemy.LedgerGarbageCollector` deletes an
   object only after winning its row through the database's concurrency
   control (row locks and ``SKIP LOCKED`` on PostgreSQL, the write lock on
   SQLite) and checking that no row references it; it finds its candidates in
@@ -28,41 +28,35 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import Connection, Engine, MetaData, Table, event, insert
+from sqlalchemy import Engine, MetaData, Table, event, insert
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-from sqlalchemy.orm import Mapper, Session, UOWTransaction
+from sqlalchemy.orm import Mapper, Session, UOWTransaction, object_session
 
 from granite_storage._util import as_utc
 from granite_storage.errors import ConfigurationError
+from granite_storage.integrations.sqlalchemy._db import arun_on_connection
+from granite_storage.integrations.sqlalchemy._ledger_claims import (
+    LedgerClaim,
+    aclaim_upload,
+    commit,
+    new_row,
+)
 from granite_storage.integrations.sqlalchemy._ledger_flush import (
     protect_and_release,
     ref_changes,
 )
 from granite_storage.integrations.sqlalchemy._ledger_schema import (
     LEDGER_TABLE_NAME,
-    LedgerConflictError,
     LedgerState,
     ledger_table,
 )
-from granite_storage.integrations.sqlalchemy._ledger_sweep import (
-    arun_on_connection,
-    forget,
-    win_locations,
-)
+from granite_storage.integrations.sqlalchemy._ledger_sweep import forget, win_locations
+from granite_storage.integrations.sqlalchemy._mapping import bind_of
+from granite_storage.integrations.sqlalchemy._plugin import TrackedObject
 from granite_storage.locations import validate_location
-
-if TYPE_CHECKING:
-    from granite_storage.integrations.sqlalchemy.events import TrackedObject
-
-__all__ = [
-    "LEDGER_TABLE_NAME",
-    "LedgerConflictError",
-    "LedgerState",
-    "ObjectLedger",
-    "ledger_table",
-]
 
 logger = logging.getLogger("granite_storage")
 
@@ -164,23 +158,43 @@ class ObjectLedger:
 
         :raises InvalidLocationError: if ``location`` is unsafe.
         """
-        now = self.now()
-        statement = insert(self.table).values(
+        row = new_row(
             location=validate_location(location),
             storage_key=storage_key,
             backend=backend,
-            size=None,
-            checksum=None,
-            created_at=now,
-            updated_at=now,
-            state=LedgerState.INTENT.value,
+            now=self.now(),
         )
+        intent = insert(self.table).values(**row, state=LedgerState.INTENT.value)
+        await arun_on_connection(bind, lambda conn: commit(conn, intent))
 
-        def record(conn: Connection) -> None:
-            with conn.begin():
-                conn.execute(statement)
+    async def aclaim_upload(
+        self, instance: object, *, location: str, storage_key: str, backend: str
+    ) -> LedgerClaim:
+        """Record and claim ``location`` before an upload by ``instance``, in
+        the transaction of its session (used by stored content; see
+        ``_ledger_claims``).
 
-        await arun_on_connection(bind, record)
+        :raises LedgerConflictError: if a collector won the intent before the claim.
+        :raises ConfigurationError: if the transaction cannot see the committed
+            intent, the database is neither PostgreSQL nor SQLite, or
+            ``instance`` belongs to no session.
+        """
+        session, mapper = object_session(instance), sa_inspect(instance).mapper
+        if session is None:
+            raise ConfigurationError(f"{type(instance).__name__} belongs to no session")
+        self.watch(session)
+        intent_bind = (
+            (self.intent_bind or bind_of(session, mapper)) if self.record_intents else None
+        )
+        return await aclaim_upload(
+            instance,
+            mapper,
+            self.table,
+            intent_bind=intent_bind,
+            row=new_row(
+                location=location, storage_key=storage_key, backend=backend, now=self.now()
+            ),
+        )
 
     async def asweep_tracked(
         self, objects: Sequence[TrackedObject], *, bind: Engine, metadata: MetaData, reason: str

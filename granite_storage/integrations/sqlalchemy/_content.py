@@ -3,7 +3,8 @@
 A :class:`StoredContent` is the stored content of one ref column of one model
 instance: it uploads through the class's :class:`~granite_storage.StorageManager`,
 assigns the new ref, and records the objects written and released with the
-session (see :mod:`granite_storage.integrations.sqlalchemy.events`).
+session (see ``_tracking``). A model configured with a plug-in (the object
+ledger) has it claim each upload and follow each session (see ``_plugin``).
 """
 
 from __future__ import annotations
@@ -12,50 +13,32 @@ import inspect
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol, TypedDict, Unpack
 
-import anyio.to_thread
+from sqlalchemy import Engine, MetaData
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.ext.asyncio import async_object_session
-from sqlalchemy.orm import InstanceState, object_session
+from sqlalchemy.orm import InstanceState, Session, object_session
 
 from granite_storage.contracts import ObjectReader
-from granite_storage.errors import ConfigurationError, ObjectNotFoundError, StorageError
-from granite_storage.integrations.sqlalchemy._ledger_claims import UploadClaim, aclaim_upload
-from granite_storage.integrations.sqlalchemy.events import (
-    TrackedObject,
-    track_release,
-    track_upload,
-)
-from granite_storage.integrations.sqlalchemy.mapping import (
+from granite_storage.errors import ObjectNotFoundError, StorageError
+from granite_storage.integrations.sqlalchemy._db import arun_in_session
+from granite_storage.integrations.sqlalchemy._mapping import (
     bind_of,
     check_ref_column,
     entity_id_of,
     metadata_of,
     model_name_of,
+    plugin_of,
+    storage_manager_of,
 )
+from granite_storage.integrations.sqlalchemy._plugin import (
+    TrackedObject,
+    UploadClaim,
+)
+from granite_storage.integrations.sqlalchemy._tracking import track_release, track_upload
 from granite_storage.manager import StorageManager
 from granite_storage.refs import StoredObjectRef
 from granite_storage.streams import ByteSource
-
-if TYPE_CHECKING:
-    from granite_storage.integrations.sqlalchemy.ledger import ObjectLedger
-
-__all__ = [
-    "LEDGER_ATTRIBUTE",
-    "MANAGER_ATTRIBUTE",
-    "FieldSpec",
-    "ReplaceContentResult",
-    "StoredContent",
-    "UploadFileLike",
-    "ledger_of",
-    "storage_manager_of",
-]
-
-#: The class attribute ``configure_storage_manager`` sets.
-MANAGER_ATTRIBUTE = "__granite_storage_manager__"
-#: The class attribute holding the object ledger (``None``: plain mode).
-LEDGER_ATTRIBUTE = "__granite_storage_ledger__"
 
 _TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 
@@ -88,6 +71,26 @@ class FieldSpec:
     delete_replaced: bool | None = None
 
 
+class StoreOptions(TypedDict, total=False):
+    """The keyword arguments of every method that stores content (all optional)."""
+
+    #: The original filename, kept in the ref; its suffix ends the location.
+    filename: str | None
+    #: The declared content type (default: guessed).
+    content_type: str | None
+    #: JSON-serialisable values kept in ``ref.extra``.
+    extra: dict[str, Any] | None
+
+
+class _Where(TypedDict):
+    """Where a new object of this field goes (``StorageManager.new_location``)."""
+
+    storage_key: str
+    model_name: str
+    entity_id: object
+    field_name: str
+
+
 class UploadFileLike(Protocol):
     """What :meth:`StoredContent.aset_from_uploadfile` needs: Starlette's and
     FastAPI's ``UploadFile`` fit."""
@@ -99,27 +102,6 @@ class UploadFileLike(Protocol):
     def content_type(self) -> str | None: ...
 
     async def read(self, size: int = -1) -> bytes: ...
-
-
-def storage_manager_of(cls: type[Any]) -> StorageManager:
-    """The manager ``cls.configure_storage_manager`` set (inherited from a base class).
-
-    :raises ConfigurationError: if none was configured.
-    """
-    manager = getattr(cls, MANAGER_ATTRIBUTE, None)
-    if not isinstance(manager, StorageManager):
-        raise ConfigurationError(
-            f"{cls.__name__} has no storage manager: call "
-            f"{cls.__name__}.configure_storage_manager(manager) at application startup "
-            "(or StoredContentMixin.configure_storage_manager(manager) for every model) "
-            "before using its stored content"
-        )
-    return manager
-
-
-def ledger_of(cls: type[Any]) -> ObjectLedger | None:
-    """The object ledger ``cls.configure_storage_manager`` set, or ``None``."""
-    return getattr(cls, LEDGER_ATTRIBUTE, None)
 
 
 class StoredContent:
@@ -152,83 +134,73 @@ class StoredContent:
         """The current ref, without I/O.
 
         :raises StorageError: if the column is not loaded (expired by a commit
-            or rollback): use :meth:`aget_ref` or ``await session.refresh(obj)``.
+            or rollback, or left out of the query): use :meth:`aget_ref`, or
+            ``await session.refresh(obj, [attr])`` first.
         """
         state = self._state()
-        if self._spec.ref_attr in state.unloaded and state.has_identity:
+        key = self._spec.ref_attr
+        if key in state.unloaded and state.has_identity:
+            cause = (
+                "was expired (by a commit with expire_on_commit=True, a rollback, or "
+                "session.expire())"
+                if key in state.expired_attributes
+                else "was never loaded (deferred, or left out of the query that loaded the row)"
+            )
             raise StorageError(
-                f"{self._describe()} is not loaded (expired by a commit or a rollback?) and "
-                "reading it needs I/O: `await session.refresh(obj)` first, or use a session "
-                "with expire_on_commit=False (the async methods load it themselves)"
+                f"{self._describe()} {cause}, and reading it needs I/O: "
+                f"`await session.refresh(obj, [{key!r}])` first (or `await "
+                f"obj.awaitable_attrs.{key}` on a model with AsyncAttrs), or call an async "
+                "method, which loads it itself"
             )
         return self._current()
 
     async def aget_ref(self) -> StoredObjectRef | None:
-        """The current ref, loaded from the database if it was expired.
+        """The current ref, loaded from the database if it is not loaded (it
+        stays loaded afterwards).
 
-        :raises sqlalchemy.orm.exc.DetachedInstanceError: if it is expired and
+        :raises sqlalchemy.orm.exc.DetachedInstanceError: if it is not loaded and
             the instance belongs to no session.
         """
         state = self._state()
         key = self._spec.ref_attr
         if key in state.unloaded and state.has_identity:
             instance = self._instance
-            async_session = async_object_session(instance)
-            if async_session is not None:
-                await async_session.run_sync(lambda _: getattr(instance, key))
-            elif object_session(instance) is not None:
-                await anyio.to_thread.run_sync(getattr, instance, key)
-            else:
-                getattr(instance, key)  # raises DetachedInstanceError
+
+            def load(session: Session) -> None:
+                if key in state.expired_attributes:
+                    getattr(instance, key)  # loads every expired column at once
+                else:  # never loaded: reading it would not keep it, or give None
+                    session.refresh(instance, [key])
+
+            await arun_in_session(instance, load)
         return self._current()
 
     # -- writes ----------------------------------------------------------------
 
-    async def aset(
-        self,
-        content: bytes | str,
-        *,
-        filename: str | None = None,
-        content_type: str | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> StoredObjectRef:
+    async def aset(self, content: bytes | str, **options: Unpack[StoreOptions]) -> StoredObjectRef:
         """Store ``content`` (``str`` is encoded as UTF-8, ``text/plain``) in a
         new object and assign its ref. See :meth:`aset_from_stream`."""
-        result = await self.areplace(
-            content, filename=filename, content_type=content_type, extra=extra
-        )
-        return result.new_ref
+        return (await self.areplace(content, **options)).new_ref
 
     async def areplace(
-        self,
-        content: bytes | str,
-        *,
-        filename: str | None = None,
-        content_type: str | None = None,
-        extra: dict[str, Any] | None = None,
+        self, content: bytes | str, **options: Unpack[StoreOptions]
     ) -> ReplaceContentResult:
         """Like :meth:`aset`, and say which ref was replaced."""
         if isinstance(content, str):
             content = content.encode("utf-8")
-            content_type = content_type or _TEXT_CONTENT_TYPE
-        return await self._astore(
-            content, filename=filename, content_type=content_type, extra=extra
-        )
+            options["content_type"] = options.get("content_type") or _TEXT_CONTENT_TYPE
+        return await self._astore(content, **options)
 
     async def aset_from_stream(
-        self,
-        stream: ByteSource,
-        *,
-        filename: str | None = None,
-        content_type: str | None = None,
-        extra: dict[str, Any] | None = None,
+        self, stream: ByteSource, **options: Unpack[StoreOptions]
     ) -> StoredObjectRef:
         """Stream ``stream`` into a new object and assign its ref.
 
-        ``stream`` is anything ``StorageManager.aput_stream`` takes. The previous
-        object (if any) is released: deleted after the commit when the policy
-        opts in, left to the garbage collector otherwise. If the transaction
-        rolls back, the new object is deleted.
+        ``stream`` is anything ``StorageManager.aput_stream`` takes; ``options``
+        are :class:`StoreOptions`. The previous object (if any) is released:
+        deleted after the commit when the policy opts in, left to the garbage
+        collector otherwise. If the transaction rolls back, the new object is
+        deleted.
 
         :raises StorageError: if the primary key is not known yet (flush first).
         :raises ConfigurationError: if no manager is configured or the field
@@ -236,10 +208,7 @@ class StoredContent:
         :raises ContentTooLargeError: past the policy's ``max_size``; nothing is
             stored and the ref is unchanged.
         """
-        result = await self._astore(
-            stream, filename=filename, content_type=content_type, extra=extra
-        )
-        return result.new_ref
+        return (await self._astore(stream, **options)).new_ref
 
     async def aset_from_uploadfile(
         self, upload_file: UploadFileLike, *, extra: dict[str, Any] | None = None
@@ -250,13 +219,10 @@ class StoredContent:
         seek = getattr(upload_file, "seek", None)
         if seek is not None and inspect.iscoroutinefunction(seek):
             await seek(0)
-        result = await self._astore(
-            upload_file,
-            filename=upload_file.filename,
-            content_type=upload_file.content_type,
-            extra=extra,
+        options = StoreOptions(
+            filename=upload_file.filename, content_type=upload_file.content_type, extra=extra
         )
-        return result.new_ref
+        return (await self._astore(upload_file, **options)).new_ref
 
     def clear(self) -> StoredObjectRef | None:
         """Set the ref to ``None`` without I/O and return the previous ref.
@@ -314,62 +280,48 @@ class StoredContent:
     # -- internals -------------------------------------------------------------
 
     async def _astore(
-        self,
-        source: ByteSource,
-        *,
-        filename: str | None,
-        content_type: str | None,
-        extra: dict[str, Any] | None,
+        self, source: ByteSource, **options: Unpack[StoreOptions]
     ) -> ReplaceContentResult:
         manager = self._manager()
         state = self._state()
         mapper = state.mapper
         check_ref_column(mapper, self._spec.ref_attr)
-        entity_id = entity_id_of(state)
+        filename = options.get("filename")
+        where = _Where(
+            storage_key=self._spec.storage_key,
+            model_name=model_name_of(mapper),
+            entity_id=entity_id_of(state),
+            field_name=self._spec.field_name,
+        )
         session = object_session(self._instance)
-        tracked = None if session is None else (metadata_of(mapper), bind_of(session, mapper))
+        follow = None if session is None else self._follow(session)
         await self.aget_ref()  # load an expired column before the upload
-        storage_key, field_name = self._spec.storage_key, self._spec.field_name
-        model_name = model_name_of(mapper)
-        ledger = ledger_of(type(self._instance)) if session is not None else None
+        plugin = plugin_of(type(self._instance)) if session is not None else None
         claim: UploadClaim | None = None
-        if ledger is not None and session is not None:
-            # The object ledger: record and claim the location before any byte is sent.
-            location = manager.new_location(
-                storage_key=storage_key,
-                model_name=model_name,
-                entity_id=entity_id,
-                field_name=field_name,
-                original_filename=filename,
-            )
-            backend = manager.get_backend_for_policy(manager.get_policy(storage_key))
-            claim = await aclaim_upload(
-                ledger,
+        if plugin is not None:
+            # The plug-in (object ledger) claims the location before any byte is sent.
+            policy = manager.get_policy(where["storage_key"])
+            claim = await plugin.aclaim_upload(
                 self._instance,
-                session,
-                mapper,
-                location=location,
-                storage_key=storage_key,
-                backend=backend.backend_name,
+                location=manager.new_location(**where, original_filename=filename),
+                storage_key=policy.storage_key,
+                backend=manager.get_backend_for_policy(policy).backend_name,
             )
         try:
             ref = await manager.aput_stream(
-                storage_key=storage_key,
-                model_name=model_name,
-                entity_id=entity_id,
-                field_name=field_name,
+                **where,
                 stream=source,
-                content_type=content_type,
+                content_type=options.get("content_type"),
                 original_filename=filename,
-                extra=extra,
+                extra=options.get("extra"),
                 location=None if claim is None else claim.location,
             )
         except BaseException:
             if claim is not None:
                 await claim.aabandon()
             raise
-        if session is not None and tracked is not None:
-            track_upload(session, TrackedObject(manager, ref, *tracked, ledger=ledger))
+        if session is not None and follow is not None:
+            track_upload(session, TrackedObject(manager, ref, *follow, plugin))
         if claim is not None:
             await claim.arecord(ref)
         # From here to the end nothing awaits: what was read is what gets replaced.
@@ -383,15 +335,17 @@ class StoredContent:
         session = object_session(self._instance)
         if session is None or not previous.location:
             return  # no transaction to follow, or a legacy inline-text ref (no object)
-        mapper = self._state().mapper
+        plugin = plugin_of(type(self._instance))
+        if plugin is not None:
+            plugin.watch(session)  # the flush releases the previous ref in the ledger
         manager = self._manager()
-        ledger = ledger_of(type(self._instance))
-        if ledger is not None:
-            ledger.watch(session)  # the flush releases the previous ref in the ledger
-        obj = TrackedObject(
-            manager, previous, metadata_of(mapper), bind_of(session, mapper), ledger=ledger
-        )
+        obj = TrackedObject(manager, previous, *self._follow(session), plugin)
         track_release(session, obj, delete_after_commit=self._delete_replaced(manager, previous))
+
+    def _follow(self, session: Session) -> tuple[MetaData, Engine]:
+        """Where the rows that may reference this field's objects live."""
+        mapper = self._state().mapper
+        return metadata_of(mapper), bind_of(session, mapper)
 
     def _delete_replaced(self, manager: StorageManager, previous: StoredObjectRef) -> bool:
         if self._spec.delete_replaced is not None:

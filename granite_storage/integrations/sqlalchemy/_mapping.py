@@ -1,5 +1,5 @@
-"""What stored content needs to know about a mapped class: facts read from the
-mapper, without I/O."""
+"""What stored content needs to know about a mapped class: its configuration
+(manager, plug-in) and facts read from the mapper, without I/O."""
 
 from __future__ import annotations
 
@@ -9,10 +9,37 @@ from sqlalchemy import Connection, Engine, MetaData
 from sqlalchemy.orm import ColumnProperty, InstanceState, Mapper, Session
 
 from granite_storage.errors import ConfigurationError, StorageError
+from granite_storage.integrations.sqlalchemy._plugin import ContentPlugin
 from granite_storage.integrations.sqlalchemy.types import StoredObjectRefType
 from granite_storage.locations import sanitize_segment
+from granite_storage.manager import StorageManager
 
-__all__ = ["bind_of", "check_ref_column", "entity_id_of", "metadata_of", "model_name_of"]
+#: The class attribute ``configure_storage_manager`` sets.
+MANAGER_ATTRIBUTE = "__granite_storage_manager__"
+#: The class attribute holding the plug-in, the object ledger (``None``: plain mode).
+PLUGIN_ATTRIBUTE = "__granite_storage_ledger__"
+
+
+def storage_manager_of(cls: type[Any]) -> StorageManager:
+    """The manager ``cls.configure_storage_manager`` set (inherited from a base class).
+
+    :raises ConfigurationError: if none was configured.
+    """
+    manager = getattr(cls, MANAGER_ATTRIBUTE, None)
+    if not isinstance(manager, StorageManager):
+        raise ConfigurationError(
+            f"{cls.__name__} has no storage manager: call "
+            f"{cls.__name__}.configure_storage_manager(manager) at application startup "
+            "(or StoredContentMixin.configure_storage_manager(manager) for every model) "
+            "before using its stored content"
+        )
+    return manager
+
+
+def plugin_of(cls: type[Any]) -> ContentPlugin | None:
+    """The plug-in (object ledger) ``cls.configure_storage_manager`` set, or ``None``."""
+    plugin: ContentPlugin | None = getattr(cls, PLUGIN_ATTRIBUTE, None)
+    return plugin
 
 
 def entity_id_of(state: InstanceState[Any]) -> object:
