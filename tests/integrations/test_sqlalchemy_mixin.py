@@ -49,6 +49,17 @@ async def test_set_and_get_bytes(env: Env) -> None:
         assert await loaded.aget_content(verify=True) == b"%PDF-1.7"
 
 
+async def test_a_misspelt_keyword_is_a_type_error_and_stores_nothing(env: Env) -> None:
+    async with env.sessions() as session:
+        doc = await flushed(session, Document())
+        with pytest.raises(TypeError, match="filenme"):
+            await doc.aset_content(b"x", filenme="report.pdf")  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match="content_typ"):
+            await doc.aset_content_from_stream([b"x"], content_typ="text/plain")  # type: ignore[call-arg]
+        assert doc._file_ref is None
+        assert len(env.backend) == 0
+
+
 async def test_text_content(env: Env) -> None:
     async with env.sessions() as session:
         doc = await flushed(session, Document())

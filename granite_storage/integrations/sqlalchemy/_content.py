@@ -280,13 +280,19 @@ class StoredContent:
     # -- internals -------------------------------------------------------------
 
     async def _astore(
-        self, source: ByteSource, **options: Unpack[StoreOptions]
+        self,
+        source: ByteSource,
+        *,
+        filename: str | None = None,
+        content_type: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> ReplaceContentResult:
+        # Explicit keywords: the public methods take **options, and a misspelt
+        # one (filenme=...) must raise TypeError here instead of being ignored.
         manager = self._manager()
         state = self._state()
         mapper = state.mapper
         check_ref_column(mapper, self._spec.ref_attr)
-        filename = options.get("filename")
         where = _Where(
             storage_key=self._spec.storage_key,
             model_name=model_name_of(mapper),
@@ -311,9 +317,9 @@ class StoredContent:
             ref = await manager.aput_stream(
                 **where,
                 stream=source,
-                content_type=options.get("content_type"),
+                content_type=content_type,
                 original_filename=filename,
-                extra=options.get("extra"),
+                extra=extra,
                 location=None if claim is None else claim.location,
             )
         except BaseException:
