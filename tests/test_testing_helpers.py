@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from granite_storage import StorageManager
-from granite_storage.testing import local_manager, memory_manager
+from granite_storage import ConfigurationError, StorageManager, StoragePolicy
+from granite_storage.backends.memory import MemoryStorageBackend
+from granite_storage.testing import local_manager, manager_for, memory_manager
 
 pytest_plugins = ["granite_storage.testing.fixtures"]
 
@@ -36,3 +37,23 @@ def test_factories_need_a_storage_key(tmp_path: object) -> None:
         memory_manager()
     manager = local_manager("unused-dir", "docs", max_size=5)
     assert manager.get_policy("docs").max_size == 5
+
+
+async def test_manager_for_mixes_storage_keys_and_policies() -> None:
+    backend = MemoryStorageBackend()
+    manager = manager_for(
+        backend, "avatars", StoragePolicy("docs", "store", key_prefix=None), backend_key="store",
+        max_size=3, chunk_size=2,
+    )  # fmt: skip
+    assert manager.backends == {"store": backend}
+    assert manager.chunk_size == 2
+    assert manager.get_policy("avatars") == StoragePolicy("avatars", "store", 3, "avatars")
+    assert manager.get_policy("docs").key_prefix is None
+    ref = await manager.aput_bytes(
+        storage_key="docs", model_name="m", entity_id=1, field_name="f", content=b"abc"
+    )
+    assert ref.location.startswith("m/1/f/")
+    with pytest.raises(ValueError, match="at least one storage key"):
+        manager_for(backend)
+    with pytest.raises(ConfigurationError):
+        manager_for(backend, StoragePolicy("docs", "elsewhere"))

@@ -25,20 +25,42 @@ from granite_storage.backends.memory import MemoryStorageBackend
 from granite_storage.contracts import StorageBackend
 from granite_storage.manager import StorageManager
 from granite_storage.policy import StoragePolicy
+from granite_storage.streams import DEFAULT_CHUNK_SIZE
 
-__all__ = ["local_manager", "memory_manager"]
+__all__ = ["local_manager", "manager_for", "memory_manager"]
 
 
-def _manager(
-    backend_key: str, backend: StorageBackend, storage_keys: tuple[str, ...], max_size: int | None
+def manager_for(
+    backend: StorageBackend,
+    *policies: str | StoragePolicy,
+    backend_key: str = "main",
+    max_size: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> StorageManager:
-    if not storage_keys:
-        raise ValueError("name at least one storage key, e.g. memory_manager('documents')")
-    policies = {
-        key: StoragePolicy(key, backend_key, max_size=max_size, key_prefix=key)
-        for key in storage_keys
-    }
-    return StorageManager(backends={backend_key: backend}, policies=policies)
+    """A manager with one backend, registered under ``backend_key``, and the
+    given policies.
+
+    A storage key given as a string becomes
+    ``StoragePolicy(key, backend_key, max_size=max_size, key_prefix=key)``;
+    pass a :class:`StoragePolicy` (naming ``backend_key``) for anything else::
+
+        manager = manager_for(MemoryStorageBackend(), "avatars", "documents")
+        manager = manager_for(backend, StoragePolicy("docs", "main", key_prefix=None))
+
+    :raises ValueError: if no policy is given.
+    :raises ConfigurationError: if a policy names another backend key.
+    """
+    if not policies:
+        raise ValueError("name at least one storage key, e.g. manager_for(backend, 'documents')")
+    built = [
+        StoragePolicy(p, backend_key, max_size=max_size, key_prefix=p) if isinstance(p, str) else p
+        for p in policies
+    ]
+    return StorageManager(
+        backends={backend_key: backend},
+        policies={policy.storage_key: policy for policy in built},
+        chunk_size=chunk_size,
+    )
 
 
 def memory_manager(
@@ -49,7 +71,9 @@ def memory_manager(
     """A manager whose policies (one per storage key, each with its own key
     prefix) all write to one :class:`MemoryStorageBackend` under the backend
     key ``"memory"``. ``clock`` lets a test age objects without sleeping."""
-    return _manager("memory", MemoryStorageBackend(clock=clock), storage_keys, max_size)
+    return manager_for(
+        MemoryStorageBackend(clock=clock), *storage_keys, backend_key="memory", max_size=max_size
+    )
 
 
 def local_manager(
@@ -58,4 +82,5 @@ def local_manager(
     """Like :func:`memory_manager`, on a :class:`LocalStorageBackend` in
     ``root_dir`` (without fsync: tests do not need durability), backend key
     ``"local"``."""
-    return _manager("local", LocalStorageBackend(root_dir, fsync=False), storage_keys, max_size)
+    backend = LocalStorageBackend(root_dir, fsync=False)
+    return manager_for(backend, *storage_keys, backend_key="local", max_size=max_size)

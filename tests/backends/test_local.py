@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from granite_storage import InvalidLocationError, StorageManager, StoragePolicy, StoredObjectRef
+from granite_storage import InvalidLocationError, StorageManager, StoredObjectRef
 from granite_storage._concurrency import CpuSlots
 from granite_storage.backends import local as local_module
 from granite_storage.backends.local import TEMP_DIR_NAME, LocalStorageBackend
@@ -26,6 +26,7 @@ from granite_storage.errors import BackendError
 from granite_storage.streams import SizeLimiter
 from granite_storage.streams import chunks_of as aiter_chunks
 from granite_storage.streams import coalesce as acoalesce
+from granite_storage.testing import manager_for
 
 
 def files_under(root: Path) -> list[str]:
@@ -33,10 +34,7 @@ def files_under(root: Path) -> list[str]:
 
 
 def make_manager(root: Path, *, fsync: bool = False) -> StorageManager:
-    return StorageManager(
-        backends={"local": LocalStorageBackend(root, fsync=fsync)},
-        policies={"docs": StoragePolicy("docs", "local", key_prefix="docs")},
-    )
+    return manager_for(LocalStorageBackend(root, fsync=fsync), "docs", backend_key="local")
 
 
 async def put_stream(manager: StorageManager, stream: object) -> StoredObjectRef:

@@ -26,6 +26,7 @@ from granite_storage import (
 )
 from granite_storage.backends.memory import MemoryStorageBackend
 from granite_storage.integrations.sqlalchemy import drain_pending_deletions, stored_content_field
+from granite_storage.testing import manager_for
 
 
 class Base(DeclarativeBase):
@@ -125,20 +126,16 @@ MIXIN_MODELS: tuple[type[StoredContentMixin], ...] = (
 def make_manager(backend: MemoryStorageBackend, *, delete_replaced: bool = False) -> StorageManager:
     """``documents`` and ``sections`` follow ``delete_replaced``; ``avatars``
     keeps replaced objects and ``banners`` deletes them."""
-    return StorageManager(
-        backends={"memory": backend},
-        policies={
-            "documents": StoragePolicy(
-                "documents", "memory", max_size=1024, key_prefix="docs",
-                delete_replaced=delete_replaced,
-            ),
-            "sections": StoragePolicy("sections", "memory", key_prefix="sections"),
-            "avatars": StoragePolicy("avatars", "memory", key_prefix="avatars"),
-            "banners": StoragePolicy(
-                "banners", "memory", key_prefix="banners", delete_replaced=True
-            ),
-        },
-    )  # fmt: skip
+    return manager_for(
+        backend,
+        StoragePolicy(
+            "documents", "memory", max_size=1024, key_prefix="docs", delete_replaced=delete_replaced
+        ),
+        StoragePolicy("sections", "memory", key_prefix="sections"),
+        "avatars",
+        StoragePolicy("banners", "memory", key_prefix="banners", delete_replaced=True),
+        backend_key="memory",
+    )
 
 
 @dataclass

@@ -35,6 +35,7 @@ from granite_storage.integrations.sqlalchemy import (
     StoredObjectRefType,
     drain_pending_deletions,
 )
+from granite_storage.testing import manager_for
 from tests.integrations.conftest import flushed
 
 
@@ -132,13 +133,11 @@ class CountingBackend(StorageBackend):
 
 
 def make_manager(backend: StorageBackend, *, delete_replaced: bool = False) -> StorageManager:
-    return StorageManager(
-        backends={"main": backend},
-        policies={
-            "docs": StoragePolicy(
-                "docs", "main", max_size=1024, key_prefix="docs", delete_replaced=delete_replaced
-            )
-        },
+    return manager_for(
+        backend,
+        StoragePolicy(
+            "docs", "main", max_size=1024, key_prefix="docs", delete_replaced=delete_replaced
+        ),
     )
 
 

@@ -17,9 +17,10 @@ import pytest
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from granite_storage import StorageManager, StoragePolicy
+from granite_storage import StoragePolicy
 from granite_storage.backends.memory import MemoryStorageBackend
 from granite_storage.integrations.sqlalchemy import drain_pending_deletions
+from granite_storage.testing import manager_for
 
 alembic_command = pytest.importorskip("alembic.command")
 alembic_config = pytest.importorskip("alembic.config")
@@ -72,12 +73,10 @@ async def test_migrations_and_rows_migrated_from_text(db_engine: AsyncEngine) ->
             )
     await _alembic("upgrade", config, "head")
 
-    manager = StorageManager(
-        backends={"memory": MemoryStorageBackend()},
-        policies={
-            "documents": StoragePolicy("documents", "memory", key_prefix="docs"),
-            "sections": StoragePolicy("sections", "memory", key_prefix="sections"),
-        },
+    manager = manager_for(
+        MemoryStorageBackend(),
+        StoragePolicy("documents", "main", key_prefix="docs"),
+        "sections",
     )
     for model in (models.Document, models.SectionItem):
         model.configure_storage_manager(manager)

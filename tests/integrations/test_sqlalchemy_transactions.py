@@ -13,11 +13,12 @@ from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from granite_storage import StorageManager, StoragePolicy, StoredObjectRef
+from granite_storage import StoragePolicy, StoredObjectRef
 from granite_storage.backends.local import LocalStorageBackend
 from granite_storage.backends.memory import MemoryStorageBackend
 from granite_storage.errors import BackendError
 from granite_storage.integrations.sqlalchemy import drain_pending_deletions
+from granite_storage.testing import manager_for
 from tests.integrations.conftest import (
     Attachment,
     Base,
@@ -395,9 +396,10 @@ async def test_a_sync_session_used_from_worker_threads(sync_engine: Engine) -> N
 
 
 async def test_files_on_local_disk_follow_the_transaction(env: Env, tmp_path: Path) -> None:
-    manager = StorageManager(
-        backends={"disk": LocalStorageBackend(tmp_path / "storage", fsync=False)},
-        policies={"documents": StoragePolicy("documents", "disk", delete_replaced=True)},
+    manager = manager_for(
+        LocalStorageBackend(tmp_path / "storage", fsync=False),
+        StoragePolicy("documents", "disk", delete_replaced=True),
+        backend_key="disk",
     )
     Document.configure_storage_manager(manager)
     async with env.sessions() as session:

@@ -19,9 +19,9 @@ from typing import Any
 
 import anyio
 
-from granite_storage import StorageManager, StoragePolicy
 from granite_storage.backends.local import LocalStorageBackend
 from granite_storage.contracts import StorageBackend
+from granite_storage.testing import manager_for
 
 _CHUNK = 1024 * 1024
 #: After the report, one chunk per this many seconds: the kill comes long before the end.
@@ -57,10 +57,7 @@ async def _chunks(size: int, report_at: int, location: list[str]) -> AsyncIterat
 
 async def main(config: dict[str, Any]) -> None:
     backend = make_backend(config)
-    manager = StorageManager(
-        backends={"store": backend},
-        policies={"docs": StoragePolicy("docs", "store", key_prefix="docs")},
-    )
+    manager = manager_for(backend, "docs", backend_key="store")
     async with manager:
         # The location is random: learn it from the backend's first call.
         location: list[str] = []

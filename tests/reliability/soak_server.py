@@ -24,6 +24,7 @@ import uvicorn
 
 from examples.fastapi_app import Settings, create_app, make_manager
 from granite_storage import StorageManager, StoragePolicy
+from granite_storage.testing import manager_for
 
 MiB = 1024 * 1024
 #: The S3 part size: the soak's large uploads (above it) go multipart.
@@ -54,7 +55,7 @@ def soak_manager(config: dict[str, Any]) -> StorageManager:
     policy = StoragePolicy(
         "documents", "s3", max_size=settings.max_size, key_prefix="documents", delete_replaced=True
     )
-    return StorageManager(backends={"s3": backend}, policies={"documents": policy})
+    return manager_for(backend, policy, backend_key="s3")
 
 
 async def serve(config: dict[str, Any]) -> None:

@@ -37,10 +37,11 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from granite_storage import StorageManager, StoragePolicy, StoredObjectRef
+from granite_storage import StorageManager, StoredObjectRef
 from granite_storage.backends.local import TEMP_DIR_NAME, LocalStorageBackend
 from granite_storage.contracts import StorageBackend
 from granite_storage.gc import StorageGarbageCollector
+from granite_storage.testing import manager_for
 from tests.backends.conftest import S3_TEST_PART_SIZE, open_s3_backend
 from tests.reliability.conftest import Figures
 from tests.reliability.s3_support import moto_client, pending_uploads, stored_objects
@@ -60,10 +61,7 @@ def no_references() -> list[StoredObjectRef]:
 
 
 def manager_on(backend: StorageBackend) -> StorageManager:
-    return StorageManager(
-        backends={"store": backend},
-        policies={"docs": StoragePolicy("docs", "store", key_prefix="docs")},
-    )
+    return manager_for(backend, "docs", backend_key="store")
 
 
 def kill_midway(config: dict[str, Any], log: Path) -> str:

@@ -38,10 +38,11 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from granite_storage import StorageManager, StoragePolicy, StoredObjectRef
+from granite_storage import StorageManager, StoredObjectRef
 from granite_storage.backends import local as local_module
 from granite_storage.backends.local import TEMP_DIR_NAME, LocalStorageBackend
 from granite_storage.errors import BackendError
+from granite_storage.testing import manager_for
 from tests.reliability.conftest import Figures
 from tests.reliability.scale import SCALE
 
@@ -53,11 +54,8 @@ ERRNOS = [errno.ENOSPC, errno.EACCES]
 
 
 def manager_on(root: Path, *, fsync: bool = True) -> StorageManager:
-    return StorageManager(
-        backends={"local": LocalStorageBackend(root, fsync=fsync)},
-        policies={"docs": StoragePolicy("docs", "local", key_prefix="docs")},
-        chunk_size=256 * KiB,
-    )
+    backend = LocalStorageBackend(root, fsync=fsync)
+    return manager_for(backend, "docs", backend_key="local", chunk_size=256 * KiB)
 
 
 async def put(manager: StorageManager, data: bytes) -> StoredObjectRef:

@@ -49,6 +49,7 @@ from granite_storage.backends.local import TEMP_DIR_NAME, LocalStorageBackend
 from granite_storage.backends.memory import MemoryStorageBackend
 from granite_storage.contracts import StorageBackend
 from granite_storage.locations import MAX_LOCATION_LENGTH, validate_location
+from granite_storage.testing import manager_for
 from tests.backends.conftest import open_s3_backend
 from tests.reliability.conftest import Figures
 from tests.reliability.hostile import EXISTING, Upload, ref_dicts, source_of, uploads
@@ -107,9 +108,7 @@ class Store:
     root: Path | None = None
 
     def manager(self, policy: StoragePolicy, chunk_size: int = 1024 * 1024) -> StorageManager:
-        return StorageManager(
-            {"store": self.backend}, {policy.storage_key: policy}, chunk_size=chunk_size
-        )
+        return manager_for(self.backend, policy, backend_key="store", chunk_size=chunk_size)
 
     async def listing(self) -> list[str]:
         return sorted([location async for location in self.backend.aiter_locations()])

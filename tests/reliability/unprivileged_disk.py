@@ -28,8 +28,9 @@ from typing import Any
 
 import anyio
 
-from granite_storage import StorageManager, StoragePolicy, StoredObjectRef
+from granite_storage import StoragePolicy, StoredObjectRef
 from granite_storage.backends.local import LocalStorageBackend
+from granite_storage.testing import manager_for
 
 _CAPABILITY_VERSION_3 = 0x20080522
 _CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH, _CAP_FOWNER = 1, 2, 3
@@ -80,10 +81,8 @@ def permissions_apply() -> bool:
 
 async def run(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     backend = LocalStorageBackend(spec["root"], fsync=True)
-    manager = StorageManager(
-        backends={"local": backend},
-        policies={"docs": StoragePolicy("docs", "local", key_prefix=spec.get("key_prefix"))},
-    )
+    policy = StoragePolicy("docs", "local", key_prefix=spec.get("key_prefix"))
+    manager = manager_for(backend, policy, backend_key="local")
     try:
         if kind == "put":
             await manager.aput_bytes(
