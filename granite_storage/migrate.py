@@ -6,12 +6,15 @@ garbage collector's), and for each ref that does not name the target yet:
 1. copies the object from the backend the ref resolves to onto the target,
    streaming, at the same location; a copy whose sha256 (as the target
    stored it) differs from the ref's is deleted from the target and reported;
-   an object already on the target (an interrupted run) is read back and
-   verified instead of copied again;
+   an object already on the target when the run started (an interrupted
+   run; the target is listed once) is read back and verified instead of
+   copied again;
 2. hands the verified refs, a small batch at a time, to a :data:`RefRewriter`
    that makes their ``backend`` name the target's key in the database (the
    SQLAlchemy integration's ``ref_rewriter``). Each ref then resolves to the
-   target (see ``StorageManager.get_backend_for_ref``).
+   target (see ``StorageManager.get_backend_for_ref``). Where the database
+   refuses writes while the references are read (SQLite without WAL), the
+   rewrites wait until the source is exhausted.
 
 The checkpoint is the database itself: a rerun skips every ref that names
 the target already. The source is never deleted; a missing source is
@@ -144,6 +147,9 @@ async def amigrate(
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
     run = _Run(manager, rewrite, target, MigrationReport(storage_key, to, dry_run), progress)
+    if not dry_run:  # what an interrupted run left there: one listing, not a request per ref
+        prefix = manager.get_policy(storage_key).key_prefix
+        run.on_target = {hash(info.location) async for info in target.aiter_objects(prefix)}
     send, receive = anyio.create_memory_object_stream[StoredObjectRef](concurrency)
     async with anyio.create_task_group() as tg:
         for _ in range(concurrency):
@@ -153,7 +159,7 @@ async def amigrate(
             async for ref in _aiter_source(iter_references):
                 if ref is not None and ref.storage_key == storage_key:
                     await send.send(ref)
-    await run.aflush()
+    await run.aflush(final=True)
     run.report.seconds = time.monotonic() - run.started
     logger.info("%s", run.report)
     return run.report
@@ -205,6 +211,9 @@ class _Run:
         self.started = time.monotonic()
         self.seen = 0
         self.pending: list[StoredObjectRef] = []
+        self.deferred = False
+        #: ``hash()`` of every location on the target when the run started.
+        self.on_target: set[int] = set()
         self.db_lock = anyio.Lock()
 
     async def awork(self, refs: Any) -> None:
@@ -246,7 +255,7 @@ class _Run:
     async def _acopy(self, source: StorageBackend, ref: StoredObjectRef) -> None:
         if not ref.checksum:
             raise ValueError("the ref has no checksum to verify a copy against")
-        if await self.target.aexists(ref):
+        if hash(ref.location) in self.on_target and await self.target.aexists(ref):
             if await _achecksum(self.target, ref) == ref.checksum:
                 self.report.verified += 1
                 return
@@ -265,19 +274,34 @@ class _Run:
         self.report.copied += 1
         self.report.bytes += result.size
 
-    async def aflush(self) -> None:
-        """Rewrite the pending refs in one transaction."""
+    async def aflush(self, *, final: bool = False) -> None:
+        """Rewrite the pending refs, :data:`REWRITE_BATCH` per transaction.
+
+        A failure while the source is still read defers every rewrite to the
+        end (``final``): SQLite without WAL refuses writes while a reader's
+        cursor is open. A failure at the end is reported per ref; their copies
+        are verified, not copied again, by a rerun.
+        """
         async with self.db_lock:
-            batch, self.pending = self.pending, []
-            if not batch:
-                return
-            try:
-                self.report.rewritten += await self.rewrite(batch, self.report.target)
-            except Exception as exc:  # copied but not rewritten: a rerun verifies them
-                for ref in batch:
-                    self.report.failed[ref.location] = (
-                        f"copied, but rewriting its ref failed: {type(exc).__name__}: {exc}"
-                    )
+            while self.pending and (final or not self.deferred):
+                batch = self.pending[:REWRITE_BATCH]
+                try:
+                    self.report.rewritten += await self.rewrite(batch, self.report.target)
+                except Exception as exc:
+                    if not final:
+                        logger.warning(
+                            "granite_storage: rewriting refs failed while the references are "
+                            "read (%s: %s); the rewrites wait until all are read",
+                            type(exc).__name__,
+                            exc,
+                        )
+                        self.deferred = True
+                        return
+                    for ref in batch:
+                        self.report.failed[ref.location] = (
+                            f"copied, but rewriting its ref failed: {type(exc).__name__}: {exc}"
+                        )
+                del self.pending[: len(batch)]
 
 
 async def _achecksum(backend: StorageBackend, ref: StoredObjectRef) -> str:

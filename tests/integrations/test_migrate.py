@@ -362,3 +362,31 @@ def test_the_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert off_protocol.returncode == 2 and "(manager, iter_references, rewrite)" in (
         off_protocol.stderr
     )
+
+
+async def test_rewrites_wait_for_the_end_when_sqlite_is_locked_by_the_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Without WAL, the reference source's open cursor locks SQLite against writes.
+    engine = create_async_engine(
+        f"sqlite+aiosqlite:///{tmp_path / 'locked.db'}", connect_args={"timeout": 0.5}
+    )
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    site = Site(engine, MemoryStorageBackend(), MemoryStorageBackend())
+    monkeypatch.setattr(granite_storage.migrate, "REWRITE_BATCH", 2)
+    for n in range(1, 9):
+        await site.aput(n)
+
+    def streamed() -> AsyncIterator[StoredObjectRef]:
+        return iter_metadata_storage_refs(engine, Base.metadata, batch_size=2)
+
+    try:
+        report = await amigrate(
+            site.manager, streamed, site.rewrite, storage_key="docs", to="new", concurrency=1
+        )
+        assert (report.copied, report.rewritten, report.failed) == (8, 8, {})
+        assert "the rewrites wait until all are read" in caplog.text
+        assert {ref.backend for ref in await site.refs()} == {"new"}
+    finally:
+        await engine.dispose()
