@@ -26,28 +26,14 @@ from typing import Any
 import anyio
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from examples.gc_factory import Base, Document
 from granite_storage import StorageManager, StoragePolicy, StoredObjectRef
 from granite_storage.backends.local import LocalStorageBackend
 from granite_storage.backends.s3 import S3StorageBackend
-from granite_storage.integrations.sqlalchemy import (
-    StoredObjectRefType,
-    iter_metadata_storage_refs,
-    ref_rewriter,
-)
+from granite_storage.integrations.sqlalchemy import iter_metadata_storage_refs, ref_rewriter
 from granite_storage.migrate import amigrate
 from tests.services import moto_s3_server
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Doc(Base):
-    __tablename__ = "doc"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    file_ref: Mapped[StoredObjectRef | None] = mapped_column(StoredObjectRefType())
 
 
 def _seed(root: Path, small: int, big_mib: int) -> list[StoredObjectRef]:
@@ -107,7 +93,9 @@ async def main(small: int, big_mib: int) -> None:
     async with engine.begin() as conn:
         await conn.exec_driver_sql("PRAGMA journal_mode=WAL")  # writes while a cursor reads
         await conn.run_sync(Base.metadata.create_all)
-        await conn.execute(insert(Doc), [{"id": i, "file_ref": r} for i, r in enumerate(refs)])
+        await conn.execute(
+            insert(Document), [{"id": i, "_file_ref": r} for i, r in enumerate(refs)]
+        )
     total = sum(ref.size for ref in refs)
     with moto_s3_server() as endpoint:
         session = aioboto3.Session()

@@ -14,7 +14,7 @@ from granite_storage import StorageManager, StoragePolicy
 from granite_storage.backends.local import LocalStorageBackend
 from granite_storage.backends.memory import MemoryStorageBackend
 from granite_storage.integrations.sqlalchemy import iter_metadata_storage_refs, ref_rewriter
-from granite_storage.migrate import amigrate
+from granite_storage.migrate import MigrationReport, amigrate
 
 
 async def test_writers_and_readers_during_a_migration(tmp_path: Path) -> None:
@@ -40,6 +40,17 @@ async def _amigrate_while_serving(tmp_path: Path, url: str, engine: AsyncEngine)
         },
     )
     app = create_app(settings, manager)
+
+    async def migrate() -> MigrationReport:
+        return await amigrate(
+            manager,
+            lambda: iter_metadata_storage_refs(engine, Base.metadata),
+            ref_rewriter(engine, Base.metadata),
+            storage_key="documents",
+            to="new",
+            concurrency=3,
+        )
+
     expected: dict[str, bytes] = {}
     failures: list[str] = []
     migrated = anyio.Event()
@@ -91,14 +102,7 @@ async def _amigrate_while_serving(tmp_path: Path, url: str, engine: AsyncEngine)
             tg.start_soon(writer)
             tg.start_soon(reader)
             tg.start_soon(reader)
-            report = await amigrate(
-                manager,
-                lambda: iter_metadata_storage_refs(engine, Base.metadata),
-                ref_rewriter(engine, Base.metadata),
-                storage_key="documents",
-                to="new",
-                concurrency=3,
-            )
+            report = await migrate()
             migrated.set()
 
         assert failures == []
@@ -110,13 +114,7 @@ async def _amigrate_while_serving(tmp_path: Path, url: str, engine: AsyncEngine)
         for doc_id, content in expected.items():
             response = await client.get(f"/documents/{doc_id}/content")
             assert response.status_code == 200 and response.content == content
-        again = await amigrate(
-            manager,
-            lambda: iter_metadata_storage_refs(engine, Base.metadata),
-            ref_rewriter(engine, Base.metadata),
-            storage_key="documents",
-            to="new",
-        )
+        again = await migrate()
         assert again.failed == {}
         for doc_id, content in expected.items():
             response = await client.get(f"/documents/{doc_id}/content")
