@@ -91,21 +91,16 @@ class StorageManager:
 
     def _resolve(self, ref: StoredObjectRef) -> tuple[StoragePolicy, StorageBackend]:
         """The policy and backend of ``ref``, after checking its location is
-        safe and lies under the policy's prefix (before any I/O).
-
-        The backend is the one registered under the *key* ``ref.backend``
-        (``granite-storage migrate`` writes the target's key there), else the
-        policy's backend: new writes record the policy backend's
-        ``backend_name``, as 0.1.0 did, and a name that is also another
-        backend's key still means the policy's backend (the migration refuses
-        such a target key).
-        """
+        safe and lies under the policy's prefix (before any I/O)."""
         policy = self.get_policy(ref.storage_key)
         self._check_location(policy, ref.location)
         return policy, self.get_backend_for_ref(ref)
 
     def get_backend_for_ref(self, ref: StoredObjectRef) -> StorageBackend:
-        """The backend that holds ``ref``'s object (see :meth:`_resolve`); no I/O."""
+        """The backend holding ``ref``'s object (no I/O): the one registered under
+        the *key* ``ref.backend`` (what ``granite-storage migrate`` writes), else
+        the policy's. New writes record the policy backend's ``backend_name``,
+        as 0.1.0 did: that name means the policy's backend even if it is a key."""
         own = self.get_backend_for_policy(self.get_policy(ref.storage_key))
         named = self.backends.get(ref.backend)
         return own if named is None or ref.backend == own.backend_name else named
