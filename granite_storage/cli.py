@@ -4,6 +4,13 @@
 [--max-deletions N] [--quiet] [--json]`` collects the orphaned objects of one
 policy. It is a dry run unless ``--delete`` is given.
 
+``granite-storage migrate MODULE:FACTORY --storage-key KEY --to BACKEND_KEY
+[--dry-run] [--concurrency N] [--quiet] [--json]`` copies one policy's
+objects to another backend and rewrites their refs
+(:func:`granite_storage.migrate.amigrate`). Its factory yields a third item,
+the ``rewrite`` callable (``ref_rewriter(engine, Base.metadata)`` of the
+SQLAlchemy integration): ``(manager, iter_references, rewrite)``.
+
 The factory
 -----------
 ``MODULE:FACTORY`` names a zero-argument callable, importable from the current
@@ -30,7 +37,7 @@ While it runs, a progress line goes to stderr at most once a second (unless
 Exit codes
 ----------
 * 0: the run finished and nothing failed;
-* 1: errors: a deletion (or the leftover cleanup) failed, or the run raised
+* 1: errors: a deletion (or the leftover cleanup) or a copy failed, or the run raised
   (a ``StorageError`` such as ``UnsafeCollectionError`` or an unknown
   storage key, a database error in the reference source, ...);
 * 2: usage: bad arguments, or a factory that cannot be imported or does not
@@ -62,6 +69,7 @@ from granite_storage.gc import (
     StorageGarbageCollector,
 )
 from granite_storage.manager import StorageManager
+from granite_storage.migrate import MigrationProgress, MigrationReport, amigrate
 
 __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_USAGE", "FactoryError", "main", "parse_duration"]
 
@@ -177,6 +185,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="directory to import the factory's module from (default: the current directory)",
     )
     gc.set_defaults(command_parser=gc)  # usage errors found later print this command's usage
+    migrate = commands.add_parser(
+        "migrate",
+        help="copy a policy's objects to another backend and rewrite their refs",
+        description=(
+            "Copy every object the policy's refs point to onto the backend registered as --to, "
+            "verify each copy's sha256 against its ref, and make the refs name that backend, "
+            "in small transactions. Resumable: a rerun skips what is done. Never deletes the "
+            "source. The factory yields (manager, iter_references, rewrite)."
+        ),
+    )
+    migrate.add_argument("factory", metavar="MODULE:FACTORY", help="import path of the factory")
+    migrate.add_argument("--storage-key", required=True, help="the policy to move")
+    migrate.add_argument("--to", required=True, metavar="BACKEND_KEY", help="the target backend")
+    migrate.add_argument("--dry-run", action="store_true", help="report what would be copied")
+    migrate.add_argument(
+        "--concurrency", type=_non_negative_int, default=4, metavar="N", help="copies at once"
+    )
+    migrate.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    migrate.add_argument("--json", action="store_true", help="print the report as JSON")
+    migrate.add_argument("--progress-interval", type=float, default=1.0, metavar="SECONDS")
+    migrate.add_argument("--app-dir", default=".", help="directory to import the factory from")
+    migrate.set_defaults(command_parser=migrate)
     return parser
 
 
@@ -184,20 +214,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the module docstring)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    name = f"granite-storage {args.command}"
     try:
         factory = load_factory(args.factory, app_dir=args.app_dir)
-        report = anyio.run(_arun_gc, args, factory)
+        report = anyio.run(_arun, args, factory)
     except FactoryError as exc:
         args.command_parser.error(str(exc))  # exits with EXIT_USAGE
     except StorageError as exc:
-        print(f"granite-storage gc: error: {exc}", file=sys.stderr)
+        print(f"{name}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("granite-storage gc: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
     except Exception:
         traceback.print_exc()
-        print("granite-storage gc: error: the run failed (traceback above)", file=sys.stderr)
+        print(f"{name}: error: the run failed (traceback above)", file=sys.stderr)
         return EXIT_ERROR
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -239,7 +270,15 @@ def load_factory(spec: str, *, app_dir: str = ".") -> Callable[[], Any]:
     return target  # type: ignore[no-any-return]
 
 
-async def _arun_gc(args: argparse.Namespace, factory: Callable[[], Any]) -> GarbageCollectionReport:
+async def _arun(
+    args: argparse.Namespace, factory: Callable[[], Any]
+) -> GarbageCollectionReport | MigrationReport:
+    if args.command == "migrate":
+        return await _arun_migrate(args, factory)
+    return await _arun_gc(args, factory)
+
+
+def _open_factory(args: argparse.Namespace, factory: Callable[[], Any]) -> Any:
     context = factory()
     if not (hasattr(context, "__aenter__") and hasattr(context, "__aexit__")):
         if hasattr(context, "close"):
@@ -249,7 +288,33 @@ async def _arun_gc(args: argparse.Namespace, factory: Callable[[], Any]) -> Garb
             f"{args.factory} returned a {type(context).__name__}, not an async context manager; "
             "decorate it with @contextlib.asynccontextmanager and yield (manager, iter_references)"
         )
-    async with context as value:
+    return context
+
+
+async def _arun_migrate(args: argparse.Namespace, factory: Callable[[], Any]) -> MigrationReport:
+    async with _open_factory(args, factory) as value:
+        if not (isinstance(value, tuple) and len(value) == 3 and callable(value[2])):
+            raise FactoryError(
+                f"{args.factory} yielded {type(value).__name__} {value!r:.100}; for migrate it "
+                "must yield (manager, iter_references, rewrite), rewrite being for example "
+                "ref_rewriter(engine, Base.metadata) of granite_storage.integrations.sqlalchemy"
+            )
+        manager, iter_references = _unpack(args.factory, value[:2])
+        printer = None if args.quiet else _ProgressPrinter(sys.stderr, args.progress_interval)
+        return await amigrate(
+            manager,
+            iter_references,
+            value[2],
+            storage_key=args.storage_key,
+            to=args.to,
+            dry_run=args.dry_run,
+            concurrency=max(1, args.concurrency),
+            progress=printer,
+        )
+
+
+async def _arun_gc(args: argparse.Namespace, factory: Callable[[], Any]) -> GarbageCollectionReport:
+    async with _open_factory(args, factory) as value:
         manager, iter_references = _unpack(args.factory, value)
         collector = StorageGarbageCollector(
             manager,
@@ -285,7 +350,7 @@ class _ProgressPrinter:
         self.interval = interval
         self.last = time.monotonic()
 
-    def __call__(self, progress: GarbageCollectionProgress) -> None:
+    def __call__(self, progress: GarbageCollectionProgress | MigrationProgress) -> None:
         now = time.monotonic()
         if now - self.last < self.interval:
             return

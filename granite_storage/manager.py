@@ -1,4 +1,4 @@
-"""StorageManager: routes each operation to the backend of its policy."""
+"""StorageManager: routes writes to their policy's backend, reads to the backend a ref names."""
 
 from __future__ import annotations
 
@@ -94,7 +94,16 @@ class StorageManager:
         safe and lies under the policy's prefix (before any I/O)."""
         policy = self.get_policy(ref.storage_key)
         self._check_location(policy, ref.location)
-        return policy, self.get_backend_for_policy(policy)
+        return policy, self.get_backend_for_ref(ref)
+
+    def get_backend_for_ref(self, ref: StoredObjectRef) -> StorageBackend:
+        """The backend holding ``ref``'s object (no I/O): the one registered under
+        the *key* ``ref.backend`` (what ``granite-storage migrate`` writes), else
+        the policy's. New writes record the policy backend's ``backend_name``,
+        as 0.1.0 did: that name means the policy's backend even if it is a key."""
+        own = self.get_backend_for_policy(self.get_policy(ref.storage_key))
+        named = self.backends.get(ref.backend)
+        return own if named is None or ref.backend == own.backend_name else named
 
     def new_location(
         self,

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 from granite_storage._util import as_utc
 from granite_storage.contracts import StorageBackend
-from granite_storage.errors import UnsafeCollectionError
+from granite_storage.errors import ConfigurationError, UnsafeCollectionError
 from granite_storage.gc._refs import ReferenceSource
 from granite_storage.gc._report import GarbageCollectionReport
 from granite_storage.gc._run import CollectionRun, Plan, ProgressCallback, RunOptions
@@ -59,6 +59,7 @@ class BaseCollector(ABC):
         dry_run: bool = True,
         min_age: timedelta | None = None,
         max_deletions: int | None = None,
+        backend_key: str | None = None,
     ) -> GarbageCollectionReport:
         """Collect the orphans of one policy.
 
@@ -66,12 +67,18 @@ class BaseCollector(ABC):
         :param dry_run: report what would be deleted and delete nothing (the default).
         :param min_age: override the collector's grace period for this run.
         :param max_deletions: override the collector's deletion cap for this run.
+        :param backend_key: collect the policy's prefix on this backend instead
+            of the policy's own (a backend the policy's objects are moving
+            from or to). Every ref protects its location on every backend,
+            whatever backend it names.
         :returns: the report; failed deletions are counted in it, not raised.
         :raises StorageError: (a ``ConfigurationError``) for an unknown storage
             key; see the collector for the other errors it raises.
         :raises ValueError: if the clock returns a naive datetime.
         """
-        plan = self._plan(storage_key, dry_run, min_age, max_deletions, self._lists_backend)
+        plan = self._plan(
+            storage_key, dry_run, min_age, max_deletions, self._lists_backend, backend_key
+        )
         report = await self._arun(plan)
         logger.info("%s", report)
         return report
@@ -87,10 +94,18 @@ class BaseCollector(ABC):
         min_age: timedelta | None,
         max_deletions: int | None,
         lists_backend: bool,
+        backend_key: str | None = None,
     ) -> Plan:
         """Resolve the policy and its backend, apply the overrides, fix the start."""
         policy = self.manager.get_policy(storage_key)
         backend = self.manager.get_backend_for_policy(policy)
+        if backend_key is not None:
+            if backend_key not in self.manager.backends:
+                raise ConfigurationError(
+                    f"unknown backend {backend_key!r}; the manager's backends are "
+                    f"{sorted(self.manager.backends)}"
+                )
+            backend = self.manager.backends[backend_key]
         if lists_backend:
             check_separable(self.manager, policy, backend)
         return Plan(

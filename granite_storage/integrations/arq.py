@@ -43,14 +43,17 @@ from arq.typing import OptionType, WeekdayOptionType
 from granite_storage.errors import ConfigurationError
 from granite_storage.gc import DEFAULT_MIN_AGE, StorageGarbageCollector
 from granite_storage.manager import StorageManager
+from granite_storage.migrate import amigrate
 from granite_storage.refs import StoredObjectRef
 
 __all__ = [
     "MANAGER_CTX_KEY",
     "REFERENCES_CTX_KEY",
+    "REWRITE_CTX_KEY",
     "ReferencesForKey",
     "collect_garbage",
     "gc_cron_job",
+    "migrate_objects",
 ]
 
 logger = logging.getLogger("granite_storage.gc")
@@ -59,6 +62,9 @@ logger = logging.getLogger("granite_storage.gc")
 MANAGER_CTX_KEY = "granite_storage_manager"
 #: The worker-context key holding the references callable (storage key -> refs).
 REFERENCES_CTX_KEY = "granite_storage_references"
+
+#: The worker-context key holding the migration's ref rewriter (see :func:`migrate_objects`).
+REWRITE_CTX_KEY = "granite_storage_rewrite"
 
 #: What ``ctx[REFERENCES_CTX_KEY]`` holds.
 ReferencesForKey: TypeAlias = Callable[
@@ -86,6 +92,18 @@ async def collect_garbage(
         references callable (see the module docstring).
     :raises StorageError: as :meth:`StorageGarbageCollector.acollect` does.
     """
+    manager, references = _manager_and_references(ctx)
+    min_age = DEFAULT_MIN_AGE if min_age_seconds is None else timedelta(seconds=min_age_seconds)
+    collector = StorageGarbageCollector(
+        manager, lambda: references(storage_key), min_age=min_age, max_deletions=max_deletions
+    )
+    report = await collector.acollect(storage_key=storage_key, dry_run=not delete)
+    if not report.ok:
+        logger.warning("garbage collection of %r had %d failures", storage_key, report.failed)
+    return report.to_dict()
+
+
+def _manager_and_references(ctx: Mapping[str, Any]) -> tuple[StorageManager, ReferencesForKey]:
     manager = ctx.get(MANAGER_CTX_KEY)
     if not isinstance(manager, StorageManager):
         raise ConfigurationError(
@@ -99,14 +117,7 @@ async def collect_garbage(
             f"set ctx[{REFERENCES_CTX_KEY!r}] to a function taking the storage key and returning "
             "the application's StoredObjectRefs, in your WorkerSettings.on_startup"
         )
-    min_age = DEFAULT_MIN_AGE if min_age_seconds is None else timedelta(seconds=min_age_seconds)
-    collector = StorageGarbageCollector(
-        manager, lambda: references(storage_key), min_age=min_age, max_deletions=max_deletions
-    )
-    report = await collector.acollect(storage_key=storage_key, dry_run=not delete)
-    if not report.ok:
-        logger.warning("garbage collection of %r had %d failures", storage_key, report.failed)
-    return report.to_dict()
+    return manager, references
 
 
 def gc_cron_job(
@@ -166,3 +177,43 @@ def gc_cron_job(
         keep_result=keep_result,
         max_tries=max_tries,
     )
+
+
+async def migrate_objects(
+    ctx: Mapping[str, Any],
+    storage_key: str,
+    to: str,
+    *,
+    dry_run: bool = False,
+    concurrency: int = 4,
+) -> dict[str, Any]:
+    """An arq job: move the objects of ``storage_key`` to the backend ``to``
+    (:func:`granite_storage.migrate.amigrate`) and return the report as a dict.
+
+    Besides the manager and the references callable, it reads
+    ``ctx["granite_storage_rewrite"]`` (:data:`REWRITE_CTX_KEY`), for example
+    ``ref_rewriter(engine, Base.metadata)``. A retried or re-enqueued job
+    resumes: what was done is skipped.
+
+    :raises ConfigurationError: if the context lacks one of the three.
+    """
+    manager, references = _manager_and_references(ctx)
+    rewrite = ctx.get(REWRITE_CTX_KEY)
+    if not callable(rewrite):
+        raise ConfigurationError(
+            f"the arq worker context has no rewrite callable under {REWRITE_CTX_KEY!r}; set "
+            f"ctx[{REWRITE_CTX_KEY!r}] = ref_rewriter(engine, Base.metadata) in your "
+            "WorkerSettings.on_startup"
+        )
+    report = await amigrate(
+        manager,
+        lambda: references(storage_key),
+        rewrite,
+        storage_key=storage_key,
+        to=to,
+        dry_run=dry_run,
+        concurrency=concurrency,
+    )
+    if not report.ok:
+        logger.warning("migration of %r had %d failures", storage_key, len(report.failed))
+    return report.to_dict()

@@ -13,13 +13,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from granite_storage import StoredObjectRef
 from granite_storage.backends.memory import MemoryStorageBackend
 from granite_storage.errors import BackendError, ConfigurationError
-from granite_storage.integrations.sqlalchemy import drain_pending_deletions
+from granite_storage.integrations.sqlalchemy import drain_pending_deletions, ref_rewriter
+from granite_storage.migrate import amigrate
 from tests.integrations.ledger_support import (
     MIN_AGE,
     TABLE,
     Copy,
     CountingBackend,
     Doc,
+    LedgerBase,
     LedgerEnv,
     amake_env,
 )
@@ -262,3 +264,40 @@ async def test_a_failed_deletion_stays_deleting_and_the_next_run_finishes_it(
     assert (report.deleted, report.failed) == (1, 0)
     assert await env.arows() == {}
     assert await env.alocations() == set()
+
+
+# --------------------------------------------------------------------------- moves
+
+
+async def test_a_policy_on_two_backends_during_a_move(lenv: LedgerEnv) -> None:
+    new = MemoryStorageBackend(clock=lenv.clock)
+    lenv.configure(ledger=lenv.ledger, delete_replaced=True)
+    lenv.manager.backends["new"] = new
+    doc_id, ref = await lenv.acommitted_doc(b"history")
+    report = await amigrate(
+        lenv.manager,
+        lambda: [ref],
+        ref_rewriter(lenv.engine, LedgerBase.metadata),
+        storage_key="docs",
+        to="new",
+    )
+    assert (report.copied, report.rewritten) == (1, 1)
+    moved = ref.replace(backend="new")
+    lenv.clock.advance(OLD)
+
+    # Neither backend loses an object a ref names, whichever backend it names.
+    for run in (lenv.collector().acollect, lenv.collector().aaudit):
+        result = await run(storage_key="docs", dry_run=False)
+        assert result.deleted == 0
+    assert await lenv.alocations() == {ref.location}
+    assert await new.aexists(moved)
+    assert await lenv.manager.aget(moved) == b"history"
+
+    # Replacing the content releases the moved ref: deleted on the backend it names.
+    async with lenv.session() as session:
+        doc = await session.get(Doc, doc_id)
+        assert doc is not None and doc.file_ref == moved
+        await doc.aset_content(b"v2")
+        await session.commit()
+    await lenv.adrain()
+    assert not await new.aexists(moved)

@@ -20,6 +20,7 @@ from granite_storage.integrations.sqlalchemy._ledger_gc import (
 )
 from granite_storage.integrations.sqlalchemy._ledger_schema import LedgerState as LedgerState
 from granite_storage.integrations.sqlalchemy._ledger_schema import ledger_table as ledger_table
+from granite_storage.integrations.sqlalchemy._migrate import ref_rewriter as ref_rewriter
 from granite_storage.integrations.sqlalchemy._mixin import (
     StoredContentField as StoredContentField,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "iter_model_storage_refs",
     "ledger_table",
     "portable_storage_ref_type",
+    "ref_rewriter",
     "stored_content_field",
     "stored_ref_columns",
 ]
