@@ -124,7 +124,11 @@ async def test_filenames_and_content_types_lose_only_unstorable_characters() -> 
 
 
 async def test_content_type_is_guessed_from_the_filename() -> None:
-    manager = memory_manager("a")
+    # With detection off (as in 0.1.0), the file name decides.
+    manager = StorageManager(
+        backends={"memory": MemoryStorageBackend()},
+        policies={"a": StoragePolicy("a", "memory", key_prefix="a", detect_content_type=False)},
+    )
     put = manager.aput_bytes
     png = await put(
         storage_key="a",
@@ -136,6 +140,16 @@ async def test_content_type_is_guessed_from_the_filename() -> None:
     )
     unknown = await put(storage_key="a", model_name="m", entity_id=1, field_name="f", content=b"x")
     assert (png.content_type, unknown.content_type) == ("image/png", "application/octet-stream")
+    # With detection on (the default), the bytes decide: "x" is text, whatever the name says.
+    detected = await memory_manager("a").aput_bytes(
+        storage_key="a",
+        model_name="m",
+        entity_id=1,
+        field_name="f",
+        content=b"x",
+        original_filename="photo.png",
+    )
+    assert detected.content_type == "text/plain"
 
 
 async def test_legacy_inline_refs_are_served_by_the_manager() -> None:
