@@ -30,7 +30,7 @@ class StoragePolicy:
         exact (``"application/pdf"``) or ``"type/*"`` wildcards
         (``"image/*"``); ``None`` allows every type. Checked against the
         type detected from the bytes, before the backend sees a byte: see
-        :doc:`/validation`.
+        :mod:`granite_storage.validation`.
     :param detect_content_type: take the ref's ``content_type`` from the
         upload's first bytes (text formats from the extension); a differing
         declared type is kept in ``ref.extra["declared_content_type"]``.

@@ -34,10 +34,11 @@ __all__ = [
     "reject_executables",
 ]
 
-#: The most bytes buffered before the backend is called: what content-type
-#: detection and image headers need (a JPEG's size may follow 64 KiB of
-#: EXIF). Never more than one of the manager's chunks.
 HEAD_SIZE = 64 * 1024
+"""The most bytes buffered before the backend is called, and handed to
+validators: what content-type detection and image headers need (a JPEG's
+size may follow tens of KiB of EXIF). Never more than one of the manager's
+chunks."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ import threading
 import zipfile
 import zlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,7 @@ from granite_storage import (
     StorageError,
     StorageManager,
     StoragePolicy,
+    StoredObjectRef,
     UploadValidationError,
 )
 from granite_storage.backends.memory import MemoryStorageBackend
@@ -71,10 +73,10 @@ def policy(**options: object) -> StoragePolicy:
     return StoragePolicy("files", "memory", key_prefix="files", **options)  # type: ignore[arg-type]
 
 
-async def put(manager: StorageManager, content: bytes, **kwargs: object) -> object:
+async def put(manager: StorageManager, content: bytes, **kwargs: Any) -> StoredObjectRef:
     return await manager.aput_bytes(
         storage_key="files", model_name="m", entity_id=1, field_name="f", content=content,
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )  # fmt: skip
 
 
@@ -133,9 +135,9 @@ async def test_the_type_comes_from_the_bytes(
 ) -> None:
     manager = manager_with(policy())
     ref = await put(manager, content, original_filename=filename, content_type="image/png")
-    assert ref.content_type == expected  # type: ignore[attr-defined]
+    assert ref.content_type == expected
     declared = None if expected == "image/png" else "image/png"
-    assert (ref.extra or {}).get("declared_content_type") == declared  # type: ignore[attr-defined]
+    assert (ref.extra or {}).get("declared_content_type") == declared
 
 
 CONTENT_TYPES = "<?xml version='1.0'?><Types/>"
@@ -170,21 +172,21 @@ CONTENT_TYPES = "<?xml version='1.0'?><Types/>"
 )
 async def test_zip_based_formats_are_told_apart(content: bytes, expected: str) -> None:
     ref = await put(manager_with(policy()), content, original_filename="upload.zip")
-    assert ref.content_type == expected  # type: ignore[attr-defined]
+    assert ref.content_type == expected
 
 
 async def test_a_matching_declaration_keeps_its_parameters() -> None:
     ref = await put(
         manager_with(policy()), b"caf\xc3\xa9", content_type="text/plain; charset=utf-8"
     )
-    assert ref.content_type == "text/plain; charset=utf-8"  # type: ignore[attr-defined]
-    assert ref.extra is None  # type: ignore[attr-defined]
+    assert ref.content_type == "text/plain; charset=utf-8"
+    assert ref.extra is None
 
 
 async def test_detection_off_keeps_the_declared_type() -> None:
     manager = manager_with(policy(detect_content_type=False, allowed_content_types=("image/*",)))
     ref = await put(manager, HTML, content_type="image/png")
-    assert (ref.content_type, ref.extra) == ("image/png", None)  # type: ignore[attr-defined]
+    assert (ref.content_type, ref.extra) == ("image/png", None)
 
 
 # -- refusals ----------------------------------------------------------------
@@ -205,14 +207,14 @@ async def test_a_type_outside_the_allow_list_is_refused_with_a_useful_message() 
     for part in ("'text/html'", "'image/png'", "image/*, application/pdf", "'files'"):
         assert part in message
     assert await listing(manager) == []
-    assert (await put(manager, PNG)).content_type == "image/png"  # type: ignore[attr-defined]
+    assert (await put(manager, PNG)).content_type == "image/png"
 
 
 async def test_empty_content_is_refused_unless_allowed() -> None:
     with pytest.raises(ContentTypeNotAllowedError, match="application/x-empty"):
         await put(manager_with(policy(allowed_content_types=("image/*",))), b"")
     manager = manager_with(policy(allowed_content_types=("image/*", "application/x-empty")))
-    assert (await put(manager, b"")).size == 0  # type: ignore[attr-defined]
+    assert (await put(manager, b"")).size == 0
 
 
 async def test_validators_get_the_head_and_the_info() -> None:
@@ -232,7 +234,7 @@ async def test_validators_get_the_head_and_the_info() -> None:
     assert head1 == head2 == content[:100]  # never more than one chunk
     assert (in_thread1, in_thread2) == (True, False)
     assert info1 == info2
-    assert info1.storage_key == "files" and info1.location == ref.location  # type: ignore[attr-defined]
+    assert info1.storage_key == "files" and info1.location == ref.location
     assert (info1.content_type, info1.declared_content_type) == (
         "application/pdf",
         "application/x-pdf",
@@ -280,7 +282,7 @@ async def test_after_upload_gets_size_and_checksum_and_a_failure_deletes_the_obj
     assert isinstance(hook, AfterUploadValidator)
     manager = manager_with(policy(validators=(hook,)))
     ref = await put(manager, PDF)
-    assert (infos[0].size, infos[0].checksum) == (ref.size, ref.checksum)  # type: ignore[attr-defined]
+    assert (infos[0].size, infos[0].checksum) == (ref.size, ref.checksum)
 
     manager = manager_with(policy(validators=(hook, after_upload(refuse))))
     with pytest.raises(UploadValidationError, match="is blocked"):
@@ -315,14 +317,14 @@ BOMB = png_header(20000, 20000)  # 400 megapixels in 80 bytes
 
 
 async def test_max_image_pixels_refuses_a_decompression_bomb_from_its_header() -> None:
-    assert (await put(manager_with(policy()), BOMB)).size == len(BOMB)  # type: ignore[attr-defined]
+    assert (await put(manager_with(policy()), BOMB)).size == len(BOMB)
     manager = manager_with(policy(validators=(max_image_pixels(50_000_000),)))
     with pytest.raises(UploadValidationError, match=r"decompression bomb|pixels"):
         await put(manager, BOMB)
     with pytest.raises(UploadValidationError, match="12000x10000 = 120000000 pixels"):
         await put(manager, png_header(12000, 10000))  # Pillow only warns at this size
-    assert (await put(manager, PNG)).size == len(PNG)  # type: ignore[attr-defined]
-    assert (await put(manager, PDF)).size == len(PDF)  # type: ignore[attr-defined]
+    assert (await put(manager, PNG)).size == len(PNG)
+    assert (await put(manager, PDF)).size == len(PDF)
     assert await listing(manager) != []
     with pytest.raises(ValueError, match="positive"):
         max_image_pixels(0)
@@ -330,7 +332,7 @@ async def test_max_image_pixels_refuses_a_decompression_bomb_from_its_header() -
 
 async def test_image_dimensions() -> None:
     manager = manager_with(policy(validators=(image_dimensions(min=(8, 8), max=(100, 50)),)))
-    assert (await put(manager, PNG)).size == len(PNG)  # type: ignore[attr-defined]
+    assert (await put(manager, PNG)).size == len(PNG)
     with pytest.raises(UploadValidationError, match="at least 8x8"):
         await put(manager, png_header(4, 40))
     with pytest.raises(UploadValidationError, match="at most 100x50"):
@@ -352,7 +354,7 @@ async def test_image_dimensions() -> None:
     ],
 )
 async def test_reject_executables(content: bytes) -> None:
-    assert (await put(manager_with(policy()), content)).size == len(content)  # type: ignore[attr-defined]
+    assert (await put(manager_with(policy()), content)).size == len(content)
     manager = manager_with(policy(validators=(reject_executables(),)))
     with pytest.raises(UploadValidationError, match="executables are not accepted"):
         await put(manager, content, original_filename="holiday.jpg", content_type="image/jpeg")
