@@ -3,6 +3,7 @@ to directly, and the ref of an object uploaded that way."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import anyio
@@ -22,15 +23,9 @@ class _Manager(Protocol):
     def get_policy(self, storage_key: str) -> StoragePolicy: ...
     def get_backend_for_policy(self, policy: StoragePolicy) -> StorageBackend: ...
     def _resolve(self, ref: StoredObjectRef) -> tuple[StoragePolicy, StorageBackend]: ...
-    def new_location(
-        self,
-        *,
-        storage_key: str,
-        model_name: str,
-        entity_id: object,
-        field_name: str,
-        original_filename: str | None = None,
-    ) -> str: ...
+
+    @property
+    def new_location(self) -> Callable[..., str]: ...  # StorageManager.new_location
 
 
 class PresignedTransfers:

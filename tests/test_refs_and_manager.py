@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -129,25 +130,18 @@ async def test_content_type_is_guessed_from_the_filename() -> None:
         backends={"memory": MemoryStorageBackend()},
         policies={"a": StoragePolicy("a", "memory", key_prefix="a", detect_content_type=False)},
     )
-    put = manager.aput_bytes
-    png = await put(
-        storage_key="a",
-        model_name="m",
-        entity_id=1,
-        field_name="f",
-        content=b"x",
-        original_filename="photo.png",
-    )
-    unknown = await put(storage_key="a", model_name="m", entity_id=1, field_name="f", content=b"x")
+    where: dict[str, Any] = {
+        "storage_key": "a",
+        "model_name": "m",
+        "entity_id": 1,
+        "field_name": "f",
+    }
+    png = await manager.aput_bytes(**where, content=b"x", original_filename="photo.png")
+    unknown = await manager.aput_bytes(**where, content=b"x")
     assert (png.content_type, unknown.content_type) == ("image/png", "application/octet-stream")
     # With detection on (the default), the bytes decide: "x" is text, whatever the name says.
     detected = await memory_manager("a").aput_bytes(
-        storage_key="a",
-        model_name="m",
-        entity_id=1,
-        field_name="f",
-        content=b"x",
-        original_filename="photo.png",
+        **where, content=b"x", original_filename="photo.png"
     )
     assert detected.content_type == "text/plain"
 
