@@ -86,8 +86,8 @@ class _AfterUpload:
     def __init__(self, hook: Callable[[UploadInfo], Awaitable[None] | None]) -> None:
         self.after_upload = hook
 
-    def __call__(self, head: bytes, info: UploadInfo, /) -> None:
-        return None
+    async def __call__(self, head: bytes, info: UploadInfo, /) -> None:
+        return None  # async: nothing to check, so no worker thread either
 
     def __repr__(self) -> str:
         return f"after_upload({self.after_upload!r})"
@@ -122,7 +122,7 @@ _EXECUTABLE_MAGIC = (
 
 
 class _RejectExecutables:
-    def __call__(self, head: bytes, info: UploadInfo, /) -> None:
+    async def __call__(self, head: bytes, info: UploadInfo, /) -> None:  # a few prefix checks
         for magic, what in _EXECUTABLE_MAGIC:
             if head.startswith(magic):
                 raise UploadValidationError(
