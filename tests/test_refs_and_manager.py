@@ -15,7 +15,7 @@ from granite_storage import (
 )
 from granite_storage.backends.memory import MemoryStorageBackend
 from granite_storage.errors import ConfigurationError, OperationNotSupportedError
-from granite_storage.testing import memory_manager
+from granite_storage.testing import manager_for, memory_manager
 
 V010_DICT = {  # exactly what granite-storage 0.1.0's dataclasses.asdict wrote
     "storage_key": "documents",
@@ -126,10 +126,8 @@ async def test_filenames_and_content_types_lose_only_unstorable_characters() -> 
 
 async def test_content_type_is_guessed_from_the_filename() -> None:
     # With detection off (as in 0.1.0), the file name decides.
-    manager = StorageManager(
-        backends={"memory": MemoryStorageBackend()},
-        policies={"a": StoragePolicy("a", "memory", key_prefix="a", detect_content_type=False)},
-    )
+    off = StoragePolicy("a", "main", key_prefix="a", detect_content_type=False)
+    manager = manager_for(MemoryStorageBackend(), off)
     where: dict[str, Any] = {
         "storage_key": "a",
         "model_name": "m",

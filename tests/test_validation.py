@@ -23,6 +23,7 @@ from granite_storage import (
     UploadValidationError,
 )
 from granite_storage.backends.memory import MemoryStorageBackend
+from granite_storage.testing import manager_for
 from granite_storage.validation import (
     HEAD_SIZE,
     AfterUploadValidator,
@@ -62,11 +63,8 @@ def zip_of(*entries: tuple[str, bytes], stored_first: bool = False) -> bytes:
 
 
 def manager_with(policy: StoragePolicy, *, chunk_size: int = 1024 * 1024) -> StorageManager:
-    return StorageManager(
-        backends={policy.backend_key: MemoryStorageBackend()},
-        policies={policy.storage_key: policy},
-        chunk_size=chunk_size,
-    )
+    backend = MemoryStorageBackend()
+    return manager_for(backend, policy, backend_key=policy.backend_key, chunk_size=chunk_size)
 
 
 def policy(**options: object) -> StoragePolicy:

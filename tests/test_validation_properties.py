@@ -20,6 +20,7 @@ from granite_storage.backends.local import LocalStorageBackend
 from granite_storage.backends.memory import MemoryStorageBackend
 from granite_storage.contracts import StorageBackend
 from granite_storage.manager import StorageManager
+from granite_storage.testing import manager_for
 from granite_storage.validation import UploadInfo, reject_executables
 from tests.backends.conftest import open_s3_backend
 from tests.reliability.spy import Call, spy_on
@@ -56,9 +57,7 @@ async def from_pieces(data: bytes, cuts: list[int]) -> AsyncIterator[bytes]:
 def memory_manager_with(
     policy: StoragePolicy, backend: StorageBackend | None = None
 ) -> StorageManager:
-    return StorageManager(
-        {policy.backend_key: backend or MemoryStorageBackend()}, {policy.storage_key: policy}
-    )
+    return manager_for(backend or MemoryStorageBackend(), policy, backend_key=policy.backend_key)
 
 
 async def upload(manager: StorageManager, stream: Any, **kwargs: Any) -> Any:
@@ -178,7 +177,7 @@ def refusing_policies() -> list[StoragePolicy]:
 
 async def assert_refusals_make_no_backend_call(backend: StorageBackend, calls: list[Call]) -> None:
     for policy in refusing_policies():
-        manager = StorageManager({"store": backend}, {"files": policy}, chunk_size=64 * 1024)
+        manager = manager_for(backend, policy, backend_key="store", chunk_size=64 * 1024)
         for source in (ELF * 2000, from_pieces(ELF * 2000, list(range(0, 200_000, 1000)))):
             calls.clear()
             with pytest.raises(UploadValidationError):

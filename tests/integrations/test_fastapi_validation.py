@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
-from granite_storage import StorageManager, StoragePolicy, StoredObjectRef, UploadValidationError
+from granite_storage import StoragePolicy, StoredObjectRef, UploadValidationError
 from granite_storage.backends.local import LocalStorageBackend
 from granite_storage.backends.memory import MemoryStorageBackend
 from granite_storage.integrations.fastapi import (
@@ -21,6 +21,7 @@ from granite_storage.integrations.fastapi import (
     storage_response,
     stream_upload,
 )
+from granite_storage.testing import manager_for
 from granite_storage.validation import UploadInfo
 from tests.reliability.spy import spy_on
 from tests.test_validation import HTML, PNG
@@ -32,14 +33,10 @@ def uvicorn_app() -> FastAPI:
     """The app test_fastapi_uvicorn.py serves: ``POST /upload/images`` on a
     local backend in ``$GRANITE_STORAGE_ROOT``, images only."""
     root = os.environ["GRANITE_STORAGE_ROOT"]
-    manager = StorageManager(
-        backends={"local": LocalStorageBackend(root, fsync=False)},
-        policies={
-            "images": StoragePolicy(
-                "images", "local", key_prefix="images", allowed_content_types=("image/*",)
-            )
-        },
+    images = StoragePolicy(
+        "images", "local", key_prefix="images", allowed_content_types=("image/*",)
     )
+    manager = manager_for(LocalStorageBackend(root, fsync=False), images, backend_key="local")
     app = FastAPI()
     install_exception_handlers(app)
 
@@ -80,16 +77,11 @@ class App:
     def __init__(self) -> None:
         self.backend = SigningBackend()
         self.calls = spy_on(self.backend)
-        self.manager = StorageManager(
-            backends={"mem": self.backend},
-            policies={
-                "images": StoragePolicy(
-                    "images", "mem", key_prefix="images", allowed_content_types=("image/*",)
-                ),
-                "files": StoragePolicy(
-                    "files", "mem", key_prefix="files", validators=(no_big_files,)
-                ),
-            },
+        self.manager = manager_for(
+            self.backend,
+            StoragePolicy("images", "mem", key_prefix="images", allowed_content_types=("image/*",)),
+            StoragePolicy("files", "mem", key_prefix="files", validators=(no_big_files,)),
+            backend_key="mem",
             chunk_size=64 * 1024,
         )
         self.ref: StoredObjectRef | None = None
