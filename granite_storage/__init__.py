@@ -5,6 +5,7 @@ from granite_storage.errors import (
     ChecksumMismatchError,
     ConfigurationError,
     ContentTooLargeError,
+    ContentTypeNotAllowedError,
     FactoryError,
     InvalidLocationError,
     InvalidUploadError,
@@ -14,6 +15,7 @@ from granite_storage.errors import (
     OperationNotSupportedError,
     StorageError,
     UnsafeCollectionError,
+    UploadValidationError,
 )
 from granite_storage.integrations.sqlalchemy import (
     ReplaceContentResult,
@@ -33,6 +35,7 @@ __all__ = [
     "ChecksumMismatchError",
     "ConfigurationError",
     "ContentTooLargeError",
+    "ContentTypeNotAllowedError",
     "FactoryError",
     "InvalidLocationError",
     "InvalidUploadError",
@@ -49,5 +52,6 @@ __all__ = [
     "StoredObjectRef",
     "StoredObjectRefType",
     "UnsafeCollectionError",
+    "UploadValidationError",
     "portable_storage_ref_type",
 ]

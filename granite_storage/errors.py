@@ -13,6 +13,7 @@ __all__ = [
     "ChecksumMismatchError",
     "ConfigurationError",
     "ContentTooLargeError",
+    "ContentTypeNotAllowedError",
     "FactoryError",
     "InvalidLocationError",
     "InvalidUploadError",
@@ -22,6 +23,7 @@ __all__ = [
     "OperationNotSupportedError",
     "StorageError",
     "UnsafeCollectionError",
+    "UploadValidationError",
 ]
 
 
@@ -117,6 +119,44 @@ class InvalidUploadError(StorageError):
     """
 
     status_code = 400
+
+
+class UploadValidationError(StorageError):
+    """An upload was refused by its policy's validators (see
+    :mod:`granite_storage.validation`). HTTP 422.
+
+    Raised before the backend receives a byte when a validator refuses the
+    head of the upload: nothing was stored. Raised by an after-upload hook
+    once the object is complete: the object has been deleted. Validators
+    raise it with a message that says what to change.
+    """
+
+    status_code = 422
+
+
+class ContentTypeNotAllowedError(UploadValidationError):
+    """The upload's content type is not in its policy's
+    ``allowed_content_types``. HTTP 415; nothing was stored.
+
+    ``content_type`` is the type found (detected from the bytes unless the
+    policy turned detection off), ``declared_content_type`` the one the
+    client sent, ``allowed`` the policy's list.
+    """
+
+    status_code = 415
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        content_type: str,
+        declared_content_type: str | None,
+        allowed: tuple[str, ...],
+    ) -> None:
+        super().__init__(message)
+        self.content_type = content_type
+        self.declared_content_type = declared_content_type
+        self.allowed = allowed
 
 
 class LedgerConflictError(StorageError):

@@ -13,7 +13,29 @@ import anyio.to_thread
 
 from granite_storage.refs import StoredObjectRef, clean_text
 
-__all__ = ["aguess_content_type", "content_disposition", "declared_or_guessed_type", "etag_for"]
+__all__ = [
+    "NEVER_INLINE",
+    "aguess_content_type",
+    "content_disposition",
+    "declared_or_guessed_type",
+    "etag_for",
+    "safe_disposition",
+]
+
+#: Types a browser runs or renders as active documents: never served inline,
+#: since a stored file would run with the serving site's origin.
+NEVER_INLINE = frozenset(
+    {
+        "text/html",
+        "image/svg+xml",
+        "application/xhtml+xml",
+        "text/javascript",
+        "application/javascript",
+        "application/x-javascript",
+        "application/ecmascript",
+        "text/ecmascript",
+    }
+)
 
 _FALLBACK_CONTENT_TYPE = "application/octet-stream"
 
@@ -40,6 +62,15 @@ def content_disposition(filename: str | None, *, disposition: str = "attachment"
     if fallback != name:
         value += f"; filename*=UTF-8''{quote(name, safe='')}"
     return value
+
+
+def safe_disposition(content_type: str | None, disposition: str) -> str:
+    """``disposition``, except ``"attachment"`` for a type in :data:`NEVER_INLINE`
+    (and for a missing type, which a browser would sniff)."""
+    kind = (content_type or "").partition(";")[0].strip().lower()
+    if disposition != "attachment" and (not kind or kind in NEVER_INLINE):
+        return "attachment"
+    return disposition
 
 
 def etag_for(ref: StoredObjectRef) -> str:

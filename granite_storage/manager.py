@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any, Self
 
 import anyio
 
+from granite_storage._checks import acheck_stored, ainspect_upload, declared_extra
 from granite_storage._concurrency import aclose_quietly
-from granite_storage.contracts import BytesReader, ObjectReader, PresignedUpload, StorageBackend
-from granite_storage.errors import ConfigurationError, ContentTooLargeError, InvalidLocationError
-from granite_storage.http import content_disposition, declared_or_guessed_type
+from granite_storage._presigned import PresignedTransfers
+from granite_storage.contracts import BytesReader, ObjectReader, StorageBackend
+from granite_storage.errors import (
+    ConfigurationError,
+    ContentTooLargeError,
+    InvalidLocationError,
+)
 from granite_storage.locations import build_location, is_under_prefix, validate_location
 from granite_storage.policy import StoragePolicy
 from granite_storage.refs import StoredObjectRef, clean_text, utcnow_iso
 from granite_storage.streams import (
     DEFAULT_CHUNK_SIZE,
     ByteSource,
-    Sha256Digest,
     SizeLimiter,
-    check_size_limit,
     chunks_of,
     coalesce,
 )
@@ -28,7 +31,7 @@ from granite_storage.streams import (
 __all__ = ["StorageManager"]
 
 
-class StorageManager:
+class StorageManager(PresignedTransfers):
     """The entry point: policies pick backends, backends store bytes.
 
     ``async with StorageManager(...) as manager:`` (or ``await manager.aclose()``)
@@ -191,6 +194,10 @@ class StorageManager:
         become the location's sanitised segments (for example the table, the
         row's primary key and the column).
 
+        The ref's ``content_type`` is detected from the first bytes (see
+        :class:`StoragePolicy`'s ``detect_content_type``); a declared
+        ``content_type`` that differs is kept in ``extra["declared_content_type"]``.
+
         ``stream`` may be bytes, an object with ``async read(n)`` (an
         ``UploadFile``, an aiofiles file), a sync binary file (read in a
         worker thread), or a (async) iterable of bytes. Every call writes a
@@ -202,6 +209,11 @@ class StorageManager:
             ``None`` builds a new one.
         :raises ContentTooLargeError: as soon as more than the policy's
             ``max_size`` bytes arrived; nothing of the upload remains.
+        :raises ContentTypeNotAllowedError: if the type detected from the
+            head is outside the policy's ``allowed_content_types``; the
+            backend was not called.
+        :raises UploadValidationError: if a validator refused the head (the
+            backend was not called) or the stored object (it was deleted).
         :raises InvalidLocationError: if a name has no safe characters, or a
             given ``location`` is unsafe or outside the policy's prefix.
         :raises StorageError: for an unknown storage key or a backend failure.
@@ -209,7 +221,6 @@ class StorageManager:
         policy = self.get_policy(storage_key)
         backend = self.get_backend_for_policy(policy)
         original_filename = clean_text(original_filename)
-        content_type = await declared_or_guessed_type(content_type, original_filename)
         if location is None:
             location = self.new_location(
                 storage_key=storage_key,
@@ -221,22 +232,34 @@ class StorageManager:
         else:
             self._check_location(policy, location)
         # source -> bounded chunks -> size limit (counts every byte as it
-        # arrives) -> small chunks merged, so tiny pieces cost no extra I/O.
-        chunks = coalesce(
+        # arrives) -> small chunks merged, so tiny pieces cost no extra I/O
+        # -> the head checked, before the backend is called at all.
+        chunks: AsyncIterator[bytes] = coalesce(
             SizeLimiter(chunks_of(stream, self.chunk_size), policy.max_size), self.chunk_size
         )
         try:
+            chunks, info = await ainspect_upload(
+                policy,
+                chunks,
+                chunk_size=self.chunk_size,
+                location=location,
+                declared_content_type=content_type,
+                filename=original_filename,
+                declared_size=len(stream) if isinstance(stream, bytes | bytearray) else None,
+            )
             result = await backend.aput_stream(
-                key=location, chunks=chunks, content_type=content_type
+                key=location, chunks=chunks, content_type=info.content_type
             )
         finally:
             with anyio.CancelScope(shield=True):
                 await aclose_quietly(chunks)
-        merged_extra = {**(result.extra or {}), **(extra or {})} or None
-        return StoredObjectRef(
+        merged_extra = {**(result.extra or {}), **(extra or {}), **declared_extra(info)} or None
+        ref = StoredObjectRef(
             policy.storage_key, backend.backend_name, location, result.size, result.checksum,
-            content_type, original_filename, utcnow_iso(), merged_extra,
+            info.content_type, original_filename, utcnow_iso(), merged_extra,
         )  # fmt: skip
+        await acheck_stored(policy, backend, ref, info)
+        return ref
 
     # -- reads and deletes ----------------------------------------------------
 
@@ -282,104 +305,6 @@ class StorageManager:
             return True
         _, backend = self._resolve(ref)
         return await backend.aexists(ref)
-
-    # -- presigned URLs -------------------------------------------------------
-
-    async def apresigned_url(
-        self,
-        ref: StoredObjectRef,
-        *,
-        expires_in: int = 3600,
-        disposition: str = "attachment",
-    ) -> str:
-        """A URL that downloads ``ref``'s object directly from the backend,
-        with a ``Content-Disposition`` built from ``original_filename``.
-
-        :raises OperationNotSupportedError: if the backend cannot sign URLs
-            (local disk and memory cannot; S3 and S3-compatible stores can).
-        """
-        _, backend = self._resolve(ref)
-        return await backend.apresigned_download_url(
-            ref,
-            expires_in=expires_in,
-            content_disposition=content_disposition(ref.original_filename, disposition=disposition),
-        )
-
-    async def apresigned_upload(
-        self,
-        *,
-        storage_key: str,
-        model_name: str,
-        entity_id: object,
-        field_name: str,
-        original_filename: str | None = None,
-        content_type: str | None = None,
-        expires_in: int = 3600,
-    ) -> PresignedUpload:
-        """A presigned request for a browser to upload straight to the backend.
-
-        The location is generated as for :meth:`aput_stream`, and the policy's
-        ``max_size`` becomes the allowed content-length range. After the
-        upload, build the ref with :meth:`aref_for_upload` and the location
-        returned here.
-
-        :raises OperationNotSupportedError: if the backend cannot sign uploads.
-        """
-        policy = self.get_policy(storage_key)
-        location = self.new_location(
-            storage_key=storage_key,
-            model_name=model_name,
-            entity_id=entity_id,
-            field_name=field_name,
-            original_filename=original_filename,
-        )
-        return await self.get_backend_for_policy(policy).apresigned_upload(
-            key=location,
-            max_size=policy.max_size,
-            content_type=await declared_or_guessed_type(content_type, original_filename),
-            expires_in=expires_in,
-        )
-
-    async def aref_for_upload(
-        self,
-        *,
-        storage_key: str,
-        location: str,
-        original_filename: str | None = None,
-        content_type: str | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> StoredObjectRef:
-        """The ref of an object a client uploaded directly (see
-        :meth:`apresigned_upload`), built by reading the object once.
-
-        The size and sha256 are measured from the stored bytes, never taken
-        from the client. An object over the policy's ``max_size`` (a store
-        that does not enforce the presigned content-length range) is deleted.
-
-        :raises ObjectNotFoundError: if nothing was uploaded at ``location``.
-        :raises ContentTooLargeError: if the object is over ``max_size``; it
-            has been deleted.
-        :raises InvalidLocationError: if ``location`` is unsafe or outside the
-            policy's prefix.
-        """
-        original_filename = clean_text(original_filename)
-        probe = StoredObjectRef(storage_key, "", location, 0, "")
-        policy, backend = self._resolve(probe)
-        digest = Sha256Digest()
-        try:
-            async with backend.aopen(probe) as reader:
-                async for chunk in reader:
-                    await digest.aupdate(chunk)
-                    check_size_limit(digest.size, policy.max_size)
-        except ContentTooLargeError:
-            with anyio.CancelScope(shield=True):
-                await backend.adelete(probe)
-            raise
-        content_type = await declared_or_guessed_type(content_type, original_filename)
-        return StoredObjectRef(
-            storage_key, backend.backend_name, location, digest.size, digest.checksum,
-            content_type, original_filename, utcnow_iso(), extra,
-        )  # fmt: skip
 
     # -- lifecycle ----------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ from granite_storage import (
 )
 from granite_storage.backends.memory import MemoryStorageBackend
 from granite_storage.errors import ConfigurationError, OperationNotSupportedError
-from granite_storage.testing import memory_manager
+from granite_storage.testing import manager_for, memory_manager
 
 V010_DICT = {  # exactly what granite-storage 0.1.0's dataclasses.asdict wrote
     "storage_key": "documents",
@@ -124,18 +125,23 @@ async def test_filenames_and_content_types_lose_only_unstorable_characters() -> 
 
 
 async def test_content_type_is_guessed_from_the_filename() -> None:
-    manager = memory_manager("a")
-    put = manager.aput_bytes
-    png = await put(
-        storage_key="a",
-        model_name="m",
-        entity_id=1,
-        field_name="f",
-        content=b"x",
-        original_filename="photo.png",
-    )
-    unknown = await put(storage_key="a", model_name="m", entity_id=1, field_name="f", content=b"x")
+    # With detection off (as in 0.1.0), the file name decides.
+    off = StoragePolicy("a", "main", key_prefix="a", detect_content_type=False)
+    manager = manager_for(MemoryStorageBackend(), off)
+    where: dict[str, Any] = {
+        "storage_key": "a",
+        "model_name": "m",
+        "entity_id": 1,
+        "field_name": "f",
+    }
+    png = await manager.aput_bytes(**where, content=b"x", original_filename="photo.png")
+    unknown = await manager.aput_bytes(**where, content=b"x")
     assert (png.content_type, unknown.content_type) == ("image/png", "application/octet-stream")
+    # With detection on (the default), the bytes decide: "x" is text, whatever the name says.
+    detected = await memory_manager("a").aput_bytes(
+        **where, content=b"x", original_filename="photo.png"
+    )
+    assert detected.content_type == "text/plain"
 
 
 async def test_legacy_inline_refs_are_served_by_the_manager() -> None:

@@ -47,18 +47,19 @@ async def main(tmp: Path) -> None:
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
 
+    PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR..."  # the type is detected from the bytes
     # --8<-- [start:use]
     async with async_sessionmaker(engine, expire_on_commit=False)() as session:
         user = User(user_id=7)  # a primary key set by hand needs no flush
         session.add(user)
-        await user.avatar.aset(b"\x89PNG...", filename="me.png")
-        await user.banner.aset(b"\x89PNG...", filename="banner.png")
+        await user.avatar.aset(PNG, filename="me.png")
+        await user.banner.aset(PNG, filename="banner.png")
         await session.commit()
 
         assert user.avatar.ref is not None  # the ref, without I/O
         print(user.avatar.ref.location)  # avatars/user_account/7/avatar/<unique>.png
         assert user.avatar.ref.content_type == "image/png"
-        assert await user.banner.aget() == b"\x89PNG..."
+        assert await user.banner.aget() == PNG
     # --8<-- [end:use]
     assert user.avatar.ref.location.startswith("avatars/user_account/7/avatar/")
     await engine.dispose()

@@ -14,7 +14,12 @@ from starlette.types import Receive, Scope, Send
 
 from granite_storage.contracts import ObjectReader
 from granite_storage.errors import ObjectNotFoundError, OperationNotSupportedError
-from granite_storage.http import aguess_content_type, content_disposition, etag_for
+from granite_storage.http import (
+    aguess_content_type,
+    content_disposition,
+    etag_for,
+    safe_disposition,
+)
 from granite_storage.manager import StorageManager
 from granite_storage.refs import StoredObjectRef
 
@@ -74,7 +79,10 @@ async def storage_response(
     :param ref: the object to serve.
     :param request: the request being answered (method and conditional headers).
     :param disposition: ``"attachment"`` (download) or ``"inline"`` (display
-        in the browser; serve only types you trust inline).
+        in the browser). Types a browser would run with the site's origin
+        (HTML, SVG, XHTML, JavaScript) are always sent as ``attachment``,
+        and an inline response carries ``Content-Security-Policy: sandbox``,
+        so nothing served can run scripts as the site.
     :param redirect: answer with a redirect to a presigned URL when possible.
     :param expires_in: lifetime of the presigned URL in seconds.
     :raises ObjectNotFoundError: (HTTP 404) if the object does not exist.
@@ -93,12 +101,16 @@ async def storage_response(
     inline = ref.legacy_inline_text
     size = len(inline.encode()) if inline is not None else ref.size
     etag = etag_for(ref) if ref.checksum else None
+    media_type = await _amedia_type(ref)
+    served_as = safe_disposition(media_type, disposition)
     headers = {
         "Accept-Ranges": "bytes",
-        "Content-Type": await _amedia_type(ref),
-        "Content-Disposition": content_disposition(ref.original_filename, disposition=disposition),
+        "Content-Type": media_type,
+        "Content-Disposition": content_disposition(ref.original_filename, disposition=served_as),
         "X-Content-Type-Options": "nosniff",
     }
+    if served_as != "attachment":
+        headers["Content-Security-Policy"] = "sandbox"
     if etag is not None:
         headers["ETag"] = etag
         if _none_match(request.headers.get("if-none-match"), etag):

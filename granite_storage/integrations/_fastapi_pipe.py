@@ -19,6 +19,7 @@ from anyio.abc import TaskGroup
 
 from granite_storage.refs import StoredObjectRef
 from granite_storage.streams import check_size_limit
+from granite_storage.validation import HEAD_SIZE
 
 # Chunks queued between the two tasks, on top of the one being gathered and
 # the one the backend is writing: memory stays at about (2 + this) chunks.
@@ -94,19 +95,24 @@ class ObjectPipe:
 
     async def write(self, data: bytes) -> None:
         """Queue ``data``; waits while the store is behind. Chunks of
-        ``chunk_size`` are handed on, so small network reads do not turn into
-        many small backend writes.
+        ``chunk_size`` are handed on (the first one only as large as the head
+        the manager checks), so small network reads do not turn into many
+        small backend writes.
 
         :raises ContentTooLargeError: once more than ``max_size`` bytes came.
         """
+        first = self._total == len(self._pending)  # nothing handed on yet
         self._total += len(data)
         check_size_limit(self._total, self._max_size)
         self._pending += data
-        size = self._chunk_size
+        # The first chunk is the head the manager checks (type, validators):
+        # handing it on early lets a refused upload be answered after it.
+        size = min(HEAD_SIZE, self._chunk_size) if first else self._chunk_size
         while len(self._pending) >= size:
             chunk = bytes(self._pending[:size])
             del self._pending[:size]
             await self._send.send(chunk)
+            size = self._chunk_size
 
     async def finish(self) -> None:
         """Hand on the rest and end the stream: the object is complete.

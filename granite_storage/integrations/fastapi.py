@@ -23,7 +23,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from granite_storage.errors import ContentTooLargeError, StorageError
+from granite_storage.errors import ContentTooLargeError, StorageError, UploadValidationError
 from granite_storage.errors import InvalidUploadError as InvalidUploadError
 from granite_storage.integrations._fastapi_download import storage_response as storage_response
 from granite_storage.integrations._fastapi_pipe import UploadStore as UploadStore
@@ -53,9 +53,11 @@ def storage_error_response(exc: StorageError) -> JSONResponse:
     Client errors (4xx: :class:`~granite_storage.ContentTooLargeError` 413,
     :class:`~granite_storage.ObjectNotFoundError` 404,
     :class:`~granite_storage.InvalidLocationError` 400,
-    :class:`InvalidUploadError` 400) carry the exception's message, which
-    says what to change; a 413 also carries ``Connection: close``, so the
-    server stops reading the rest of an oversized body. Server errors (5xx:
+    :class:`InvalidUploadError` 400,
+    :class:`~granite_storage.ContentTypeNotAllowedError` 415,
+    :class:`~granite_storage.UploadValidationError` 422) carry the exception's message, which
+    says what to change; a 413, 415 or 422 also carries ``Connection:
+    close``, so the server stops reading the rest of a refused body. Server errors (5xx:
     backend failures, configuration errors) carry a generic message instead,
     so paths and backend details do not leak to clients; the exception is
     logged to the ``granite_storage.integrations.fastapi`` logger.
@@ -66,10 +68,12 @@ def storage_error_response(exc: StorageError) -> JSONResponse:
         detail = _SERVER_ERROR_DETAIL
     else:
         detail = str(exc)
-    # After a 413 the rest of the body is unwanted: closing the connection
-    # stops the server from reading (and discarding) it, which uvicorn would
-    # otherwise do to keep the connection alive (RFC 9110 15.5.14).
-    headers = {"Connection": "close"} if isinstance(exc, ContentTooLargeError) else None
+    # After a 413 (or a 415/422 refusal of an upload's head) the rest of the
+    # body is unwanted: closing the connection stops the server from reading
+    # (and discarding) it, which uvicorn would otherwise do to keep the
+    # connection alive (RFC 9110 15.5.14).
+    refused = isinstance(exc, ContentTooLargeError | UploadValidationError)
+    headers = {"Connection": "close"} if refused else None
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
@@ -84,7 +88,8 @@ def install_exception_handlers(app: Starlette) -> None:
     endpoints with its HTTP status and a ``{"detail": ...}`` JSON body.
 
     ``ContentTooLargeError`` becomes 413, ``ObjectNotFoundError`` 404,
-    ``InvalidLocationError`` and :class:`InvalidUploadError` 400, and any
+    ``InvalidLocationError`` and :class:`InvalidUploadError` 400,
+    ``ContentTypeNotAllowedError`` 415, ``UploadValidationError`` 422, and any
     other ``StorageError`` its ``status_code`` (500 unless the class sets
     another). See :func:`storage_error_response` for what the body says.
     Handlers registered later for a subclass take precedence for it.

@@ -118,7 +118,7 @@ class BackendContractTests:
             yield manager
 
     async def test_round_trip(self, manager: StorageManager) -> None:
-        content = os.urandom(3000)
+        content = b"%PDF-1.7\n" + os.urandom(3000)  # the type is detected from the bytes
         ref = await _put(manager, content)
         assert ref.size == len(content)
         assert ref.checksum == "sha256:" + hashlib.sha256(content).hexdigest()

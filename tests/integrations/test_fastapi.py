@@ -293,7 +293,13 @@ class Harness:
         self.backend = TrackingBackend(can_sign=can_sign)
         self.manager = StorageManager(
             backends={"mem": self.backend},
-            policies={"docs": StoragePolicy("docs", "mem", max_size=max_size, key_prefix="docs")},
+            # HTTP behaviour only: the declared type is kept as before.
+            # Detection over HTTP: tests/integrations/test_fastapi_validation.py.
+            policies={
+                "docs": StoragePolicy(
+                    "docs", "mem", max_size=max_size, key_prefix="docs", detect_content_type=False
+                )
+            },
             chunk_size=4096,
         )
         self.ref: StoredObjectRef | None = None

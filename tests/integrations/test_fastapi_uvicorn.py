@@ -55,8 +55,11 @@ class Server:
         return True
 
 
-def _start_server(tmp_path: Path, max_size: int) -> Server:
-    """uvicorn on a socket bound here (no port race), waiting until it answers."""
+def _start_server(
+    tmp_path: Path, max_size: int, app: str = "examples.fastapi_app:app", ready: str = "/documents"
+) -> Server:
+    """uvicorn serving ``app`` on a socket bound here (no port race), waiting
+    until ``GET ready`` answers 200."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -68,7 +71,7 @@ def _start_server(tmp_path: Path, max_size: int) -> Server:
         "GRANITE_STORAGE_FSYNC": "0",
     }
     command = [
-        sys.executable, "-m", "uvicorn", "examples.fastapi_app:app",
+        sys.executable, "-m", "uvicorn", *app.split(),
         "--fd", str(sock.fileno()), "--log-level", "warning", "--no-access-log",
     ]  # fmt: skip
     with sock, log.open("wb") as log_file:
@@ -86,7 +89,7 @@ def _start_server(tmp_path: Path, max_size: int) -> Server:
         if process.poll() is not None:
             raise RuntimeError(f"uvicorn exited: {log.read_text()}")
         try:
-            if httpx.get(f"{server.url}/documents", timeout=5).status_code == 200:
+            if httpx.get(f"{server.url}{ready}", timeout=5).status_code == 200:
                 return server
         except httpx.TransportError:
             pass
@@ -106,12 +109,13 @@ def _stop(server: Server) -> None:
 
 
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[[int], Server]]:
-    """``start_server(max_size)``: a server of the example app; stopped after the test."""
+def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """``start_server(max_size, app=..., ready=...)``: a server of the example
+    app (or of ``app``); stopped after the test."""
     servers: list[Server] = []
 
-    def start(max_size: int) -> Server:
-        server = _start_server(tmp_path, max_size)
+    def start(max_size: int, **kwargs: str) -> Server:
+        server = _start_server(tmp_path, max_size, **kwargs)
         servers.append(server)
         return server
 
@@ -138,7 +142,7 @@ _PART_TAIL = f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
 async def test_200_mib_upload_streams_in_bounded_server_memory(
-    start_server: Callable[[int], Server],
+    start_server: Callable[..., Server],
 ) -> None:
     server = await anyio.to_thread.run_sync(start_server, 256 * MiB)
     block = bytes(range(256)) * 4096  # 1 MiB, the same object sent 200 times
@@ -186,18 +190,24 @@ async def test_200_mib_upload_streams_in_bounded_server_memory(
     assert growth_mib < 64, f"server memory grew by {growth_mib:.1f} MiB ({before} -> {after})"
 
 
-async def test_oversized_upload_is_answered_while_the_client_is_still_sending(
-    start_server: Callable[[int], Server],
-) -> None:
-    """A slow client streams a 64 MiB file (chunked, so no Content-Length
-    tells the server up front) to a 1 MiB limit: the 413 arrives after a
-    small part was sent, and the server closes the connection."""
-    server = await anyio.to_thread.run_sync(start_server, MiB)
-    # 64 MiB in 16 KiB pieces, one per 10 ms: sending it all would take over
-    # 40 s, so the server has seconds of slack to answer before the client
-    # gets anywhere near the end, however busy the machine.
-    piece = b"s" * (16 * 1024)
-    pieces = 4096
+@dataclass
+class SlowUpload:
+    """What a slow client saw while sending a 64 MiB body."""
+
+    response: bytes
+    sent_when_answered: int | None
+    closed_by_server: bool
+    total: int
+
+
+async def _send_slowly(
+    server: Server, path: str, content_type: str, first: bytes, piece: bytes
+) -> SlowUpload:
+    """POST a chunked body: ``first``, then ``piece`` (16 KiB) every 10 ms up
+    to 64 MiB, until the server answers. Sending it all would take over 40 s,
+    so the server has seconds of slack to answer before the client gets
+    anywhere near the end, however busy the machine."""
+    pieces = 64 * MiB // len(piece)
     sent = 0
     sent_when_answered: int | None = None
     response = b""
@@ -208,11 +218,11 @@ async def test_oversized_upload_is_answered_while_the_client_is_still_sending(
 
     async with await anyio.connect_tcp("127.0.0.1", server.port) as stream:
         await stream.send(
-            b"POST /documents HTTP/1.1\r\n"
-            b"Host: test\r\n"
-            b"Transfer-Encoding: chunked\r\n"
-            + f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n".encode()
-            + http_chunk(_part_head("big.bin"))
+            f"POST {path} HTTP/1.1\r\n".encode()
+            + b"Host: test\r\n"
+            + b"Transfer-Encoding: chunked\r\n"
+            + f"Content-Type: {content_type}\r\n\r\n".encode()
+            + http_chunk(first)
         )
 
         async def read_response() -> None:
@@ -240,10 +250,54 @@ async def test_oversized_upload_is_answered_while_the_client_is_still_sending(
                 await anyio.sleep(0.01)
             with anyio.fail_after(30):
                 await anyio.sleep_forever()  # until the reader saw the connection close
+    return SlowUpload(response, sent_when_answered, closed_by_server, pieces * len(piece))
 
-    assert response.startswith(b"HTTP/1.1 413 "), response[:200]
-    assert b"connection: close" in response.lower()
-    assert closed_by_server
-    assert sent_when_answered is not None
-    assert sent_when_answered < pieces * len(piece) // 8, sent_when_answered
+
+async def test_oversized_upload_is_answered_while_the_client_is_still_sending(
+    start_server: Callable[..., Server],
+) -> None:
+    """A slow client streams a 64 MiB file (chunked, so no Content-Length
+    tells the server up front) to a 1 MiB limit: the 413 arrives after a
+    small part was sent, and the server closes the connection."""
+    server = await anyio.to_thread.run_sync(start_server, MiB)
+    upload = await _send_slowly(
+        server,
+        "/documents",
+        f"multipart/form-data; boundary={BOUNDARY}",
+        _part_head("big.bin"),
+        b"s" * (16 * 1024),
+    )
+    assert upload.response.startswith(b"HTTP/1.1 413 "), upload.response[:200]
+    assert b"connection: close" in upload.response.lower()
+    assert upload.closed_by_server
+    assert upload.sent_when_answered is not None
+    assert upload.sent_when_answered < upload.total // 8, upload.sent_when_answered
+    assert await anyio.to_thread.run_sync(_files, server.storage_root) == []
+
+
+async def test_html_posted_as_png_is_answered_415_while_the_client_is_still_sending(
+    start_server: Callable[..., Server],
+) -> None:
+    """An "image" whose head is HTML, to a policy that allows images only:
+    the 415 arrives once the head was read, with most of 64 MiB unsent."""
+    server = await anyio.to_thread.run_sync(
+        lambda: start_server(
+            256 * MiB,
+            app="--factory tests.integrations.test_fastapi_validation:uvicorn_app",
+            ready="/ready",
+        )
+    )
+    upload = await _send_slowly(
+        server,
+        "/upload/images?filename=avatar.png",
+        "image/png",
+        b"<!DOCTYPE html><html><body><script>alert(1)</script>",
+        b"<p>more html</p>" * 1024,
+    )
+    assert upload.response.startswith(b"HTTP/1.1 415 "), upload.response[:200]
+    assert b"text/html" in upload.response and b"image/png" in upload.response
+    assert b"connection: close" in upload.response.lower()
+    assert upload.closed_by_server
+    assert upload.sent_when_answered is not None
+    assert upload.sent_when_answered < upload.total // 8, upload.sent_when_answered
     assert await anyio.to_thread.run_sync(_files, server.storage_root) == []

@@ -114,7 +114,9 @@ async def test_set_from_streams(env: Env) -> None:
         assert (ref.size, ref.content_type) == (4, "text/plain")
         assert await doc.aget_content() == b"abcd"
         ref2 = await doc.aset_content_from_stream(io.BytesIO(b"xyz"), content_type="a/b")
-        assert ref2.content_type == "a/b"
+        # The type comes from the bytes; the declared one is kept beside it.
+        assert ref2.content_type == "text/plain"
+        assert ref2.extra == {"declared_content_type": "a/b"}
         assert await doc.aget_content() == b"xyz"
 
 
