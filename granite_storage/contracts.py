@@ -9,7 +9,7 @@ check, batch and translate errors once for every backend. Readers subclass
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import (
     AbstractAsyncContextManager,
     AbstractContextManager,
@@ -38,6 +38,7 @@ __all__ = [
     "CHECKED_METHODS",
     "BatchDeleteResult",
     "BytesReader",
+    "InUse",
     "ObjectInfo",
     "ObjectReader",
     "PresignedUpload",
@@ -46,6 +47,15 @@ __all__ = [
 ]
 
 _MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # SigV4's limit, the longest anyone signs
+
+InUse = Callable[[list[str]], Awaitable[Collection[str]]]
+"""Given target locations of incomplete uploads, return those still in use
+(the object ledger holds their intent): :meth:`StorageBackend.acleanup_leftovers`
+keeps them whatever their age."""
+
+
+async def _none_in_use(locations: list[str]) -> Collection[str]:
+    return ()
 
 
 CHECKED_METHODS: Mapping[str, str] = MappingProxyType(
@@ -161,9 +171,15 @@ class StorageBackend(abc.ABC):
                 result.deleted.append(location)
         return result
 
-    async def _acleanup_leftovers(self, older_than: datetime, dry_run: bool) -> int:
-        """Remove the incomplete uploads started before ``older_than``
-        (aware, UTC); return how many there were. The default has none."""
+    async def _acleanup_leftovers(
+        self, prefix: str | None, older_than: datetime, dry_run: bool, in_use: InUse
+    ) -> int:
+        """Remove the incomplete uploads bound for a location under ``prefix``
+        (all when ``None``) whose last activity (start, last part or chunk
+        received) is before ``older_than`` (aware, UTC), except those whose
+        location ``in_use`` returns; return how many there were. An upload
+        whose target location is unknown is only removed when ``prefix`` is
+        ``None``. The default has none."""
         return 0
 
     async def _apresign_download(
@@ -309,15 +325,31 @@ class StorageBackend(abc.ABC):
                 tg.start_soon(worker)
         return result
 
-    async def acleanup_leftovers(self, *, older_than: datetime, dry_run: bool = True) -> int:
+    async def acleanup_leftovers(
+        self,
+        *,
+        older_than: datetime,
+        dry_run: bool = True,
+        prefix: str | None = None,
+        in_use: InUse | None = None,
+    ) -> int:
         """Remove incomplete uploads (temporary files, pending multipart
-        uploads) started before ``older_than``; return how many there were.
+        uploads) idle since before ``older_than``: started then, and no part
+        or chunk received since. Return how many there were.
 
+        :param prefix: only uploads bound for a location under this prefix
+            (a policy's ``key_prefix``); ``None``: every upload of the backend.
+        :param in_use: returns which of the given target locations are still
+            in use (an object ledger's intents); those are kept.
         :raises ValueError: if ``older_than`` is naive.
+        :raises InvalidLocationError: if ``prefix`` is unsafe.
         """
         older_than = as_utc(older_than)
+        prefix = validate_prefix(prefix)
         with self._translate_errors("clean up incomplete uploads in", None):
-            return await self._acleanup_leftovers(older_than, dry_run)
+            return await self._acleanup_leftovers(
+                prefix, older_than, dry_run, in_use or _none_in_use
+            )
 
     async def apresigned_download_url(
         self,
