@@ -1,5 +1,6 @@
 """granite_storage: async-first file storage for SQLAlchemy 2 applications."""
 
+from granite_storage.direct import DirectUpload
 from granite_storage.errors import (
     BackendError,
     ChecksumMismatchError,
@@ -33,6 +34,7 @@ __all__ = [
     "ChecksumMismatchError",
     "ConfigurationError",
     "ContentTooLargeError",
+    "DirectUpload",
     "FactoryError",
     "InvalidLocationError",
     "InvalidUploadError",

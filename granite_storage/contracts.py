@@ -9,7 +9,7 @@ check, batch and translate errors once for every backend. Readers subclass
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import (
     AbstractAsyncContextManager,
     AbstractContextManager,
@@ -23,14 +23,18 @@ from typing import Any
 import anyio
 
 from granite_storage._concurrency import aclose_quietly
+from granite_storage._direct_seam import DirectUploadSeam, check_expiry
 from granite_storage._objects import BatchDeleteResult as BatchDeleteResult
 from granite_storage._objects import BytesReader as BytesReader
+from granite_storage._objects import InUse as InUse
 from granite_storage._objects import ObjectInfo as ObjectInfo
 from granite_storage._objects import ObjectReader as ObjectReader
 from granite_storage._objects import PresignedUpload as PresignedUpload
 from granite_storage._objects import PutResult as PutResult
+from granite_storage._objects import UploadedPart as UploadedPart
+from granite_storage._objects import none_in_use
 from granite_storage._util import as_utc, batched
-from granite_storage.errors import InvalidLocationError, OperationNotSupportedError
+from granite_storage.errors import InvalidLocationError
 from granite_storage.locations import validate_location, validate_prefix
 from granite_storage.refs import StoredObjectRef
 
@@ -44,18 +48,8 @@ __all__ = [
     "PresignedUpload",
     "PutResult",
     "StorageBackend",
+    "UploadedPart",
 ]
-
-_MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # SigV4's limit, the longest anyone signs
-
-InUse = Callable[[list[str]], Awaitable[Collection[str]]]
-"""Given target locations of incomplete uploads, return those still in use
-(the object ledger holds their intent): :meth:`StorageBackend.acleanup_leftovers`
-keeps them whatever their age."""
-
-
-async def _none_in_use(locations: list[str]) -> Collection[str]:
-    return ()
 
 
 CHECKED_METHODS: Mapping[str, str] = MappingProxyType(
@@ -72,6 +66,11 @@ CHECKED_METHODS: Mapping[str, str] = MappingProxyType(
         "apresigned_download_url": "_apresign_download",
         "apresigned_upload": "_apresign_upload",
         "aclose": "_aclose",
+        "acreate_multipart_upload": "_acreate_multipart",
+        "apresign_upload_part": "_apresign_part",
+        "alist_upload_parts": "_alist_parts",
+        "acomplete_multipart_upload": "_acomplete_multipart",
+        "aabort_multipart_upload": "_aabort_multipart",
     }
 )
 """The checked public methods of :class:`StorageBackend`, each with the
@@ -79,7 +78,7 @@ primitive a backend implements instead. A subclass that overrides one of
 them is refused when it is defined."""
 
 
-class StorageBackend(abc.ABC):
+class StorageBackend(DirectUploadSeam, abc.ABC):
     """The base class of every storage backend: checks once, primitives below.
 
     The public methods (:data:`CHECKED_METHODS`) validate every location and
@@ -103,7 +102,7 @@ class StorageBackend(abc.ABC):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for name, primitive in CHECKED_METHODS.items():
-            if getattr(cls, name) is not vars(StorageBackend)[name]:  # mixins too
+            if getattr(cls, name) is not getattr(StorageBackend, name):  # mixins too
                 raise TypeError(
                     f"{cls.__qualname__} overrides StorageBackend.{name}(), which checks its "
                     f"arguments for every backend; implement {primitive}() instead"
@@ -182,31 +181,7 @@ class StorageBackend(abc.ABC):
         ``None``. The default has none."""
         return 0
 
-    async def _apresign_download(
-        self, location: str, *, expires_in: int, content_disposition: str | None
-    ) -> str:
-        """A URL that downloads ``location`` for ``expires_in`` seconds.
-
-        :raises ~granite_storage.errors.OperationNotSupportedError: by default.
-        """
-        raise OperationNotSupportedError(
-            f"backend {self.backend_name!r} cannot presign URLs; stream the object "
-            "through your application with aopen() instead"
-        )
-
-    async def _apresign_upload(
-        self, location: str, *, max_size: int | None, content_type: str | None, expires_in: int
-    ) -> PresignedUpload:
-        """A presigned request that uploads one object to ``location``.
-
-        :raises ~granite_storage.errors.OperationNotSupportedError: by default.
-        """
-        raise OperationNotSupportedError(
-            f"backend {self.backend_name!r} cannot presign uploads; upload through "
-            "your application with aput_stream() instead"
-        )
-
-    async def _aclose(self) -> None:  # noqa: B027 - optional hook
+    async def _aclose(self) -> None:
         """Release connections and clients; runs shielded from cancellation."""
 
     def _translate_errors(self, action: str, location: str | None) -> AbstractContextManager[None]:
@@ -348,7 +323,7 @@ class StorageBackend(abc.ABC):
         prefix = validate_prefix(prefix)
         with self._translate_errors("clean up incomplete uploads in", None):
             return await self._acleanup_leftovers(
-                prefix, older_than, dry_run, in_use or _none_in_use
+                prefix, older_than, dry_run, in_use or none_in_use
             )
 
     async def apresigned_download_url(
@@ -368,7 +343,7 @@ class StorageBackend(abc.ABC):
             backend cannot sign URLs (local disk and memory cannot).
         """
         location = validate_location(ref.location)
-        _check_expiry(expires_in)
+        check_expiry(expires_in)
         with self._translate_errors("presign a download of", location):
             return await self._apresign_download(
                 location, expires_in=expires_in, content_disposition=content_disposition
@@ -390,7 +365,7 @@ class StorageBackend(abc.ABC):
             backend cannot sign uploads.
         """
         location = validate_location(key)
-        _check_expiry(expires_in)
+        check_expiry(expires_in)
         with self._translate_errors("presign an upload to", location):
             return await self._apresign_upload(
                 location, max_size=max_size, content_type=content_type, expires_in=expires_in
@@ -412,11 +387,3 @@ def _is_valid(location: str) -> bool:
 
 def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
-
-
-def _check_expiry(expires_in: int) -> None:
-    if not 1 <= expires_in <= _MAX_PRESIGN_SECONDS:
-        raise ValueError(
-            f"expires_in must be between 1 and {_MAX_PRESIGN_SECONDS} seconds (7 days), "
-            f"got {expires_in}"
-        )

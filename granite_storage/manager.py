@@ -10,6 +10,7 @@ import anyio
 
 from granite_storage._concurrency import aclose_quietly
 from granite_storage.contracts import BytesReader, ObjectReader, PresignedUpload, StorageBackend
+from granite_storage.direct import DirectUploads
 from granite_storage.errors import ConfigurationError, ContentTooLargeError, InvalidLocationError
 from granite_storage.http import content_disposition, declared_or_guessed_type
 from granite_storage.locations import build_location, is_under_prefix, validate_location
@@ -28,7 +29,7 @@ from granite_storage.streams import (
 __all__ = ["StorageManager"]
 
 
-class StorageManager:
+class StorageManager(DirectUploads):
     """The entry point: policies pick backends, backends store bytes.
 
     ``async with StorageManager(...) as manager:`` (or ``await manager.aclose()``)

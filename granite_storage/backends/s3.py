@@ -27,6 +27,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 from granite_storage._util import as_utc
 from granite_storage.backends._s3_client import S3Client
+from granite_storage.backends._s3_direct import S3DirectUploads
 from granite_storage.backends._s3_io import S3Reader, error_code, is_not_found, s3_errors
 from granite_storage.backends._s3_multipart import (
     MAX_PART_SIZE,
@@ -59,7 +60,7 @@ _RESERVED_PUT_KWARGS = frozenset(
 _HEADER_SAFE = re.compile(r"[\x20-\x7e]+")
 
 
-class S3StorageBackend(StorageBackend):
+class S3StorageBackend(S3DirectUploads, StorageBackend):
     """Objects stored in an S3 bucket, or in any S3-compatible store.
 
     Moving from :class:`~granite_storage.backends.local.LocalStorageBackend`
