@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 
@@ -34,9 +34,11 @@ from granite_storage._objects import UploadedPart
 from granite_storage.contracts import StorageBackend
 from granite_storage.errors import ContentTooLargeError, InvalidUploadError
 from granite_storage.http import declared_or_guessed_type
-from granite_storage.policy import StoragePolicy
 from granite_storage.refs import StoredObjectRef, clean_text
 from granite_storage.streams import check_size_limit
+
+if TYPE_CHECKING:
+    from granite_storage.manager import StorageManager
 
 __all__ = ["MIN_PART_SIZE", "DirectUpload", "UploadedPart", "part_size_for"]
 
@@ -109,40 +111,14 @@ def _optional(data: Mapping[str, Any]) -> dict[str, Any]:
     return {name: data[name] for name in _TYPES if name not in _REQUIRED and name in data}
 
 
-class _Manager(Protocol):
-    """What the direct-upload methods use of :class:`~granite_storage.StorageManager`."""
-
-    def get_policy(self, storage_key: str) -> StoragePolicy: ...
-    def get_backend_for_policy(self, policy: StoragePolicy) -> StorageBackend: ...
-    def new_location(
-        self,
-        *,
-        storage_key: str,
-        model_name: str,
-        entity_id: object,
-        field_name: str,
-        original_filename: str | None = None,
-    ) -> str: ...
-    @staticmethod
-    def _check_location(policy: StoragePolicy, location: str) -> None: ...
-    async def aref_for_upload(
-        self,
-        *,
-        storage_key: str,
-        location: str,
-        original_filename: str | None = None,
-        content_type: str | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> StoredObjectRef: ...
-    async def aabort_direct_upload(self, upload: DirectUpload) -> None: ...
-    def _direct_backend(self, upload: DirectUpload) -> StorageBackend: ...
-
-
 class DirectUploads:
     """The direct-upload methods of :class:`~granite_storage.StorageManager`."""
 
+    def _manager(self) -> StorageManager:
+        return cast("StorageManager", self)
+
     async def acreate_direct_upload(
-        self: _Manager,
+        self,
         *,
         storage_key: str,
         model_name: str,
@@ -159,21 +135,22 @@ class DirectUploads:
         :raises ContentTooLargeError: if ``size`` is over the policy's ``max_size``.
         :raises OperationNotSupportedError: if the backend cannot sign (S3 can).
         """
-        policy = self.get_policy(storage_key)
+        manager = self._manager()
+        policy = manager.get_policy(storage_key)
         if size is not None:
             if size < 0:
                 raise InvalidUploadError(f"size must not be negative, got {size}")
             check_size_limit(size, policy.max_size)
         original_filename = clean_text(original_filename)
         content_type = await declared_or_guessed_type(content_type, original_filename)
-        location = self.new_location(
+        location = manager.new_location(
             storage_key=storage_key,
             model_name=model_name,
             entity_id=entity_id,
             field_name=field_name,
             original_filename=original_filename,
         )
-        upload_id = await self.get_backend_for_policy(policy).acreate_multipart_upload(
+        upload_id = await manager.get_backend_for_policy(policy).acreate_multipart_upload(
             key=location, content_type=content_type
         )
         part_size = part_size_for(size if size is not None else policy.max_size)
@@ -184,7 +161,7 @@ class DirectUploads:
         )  # fmt: skip
 
     async def apresign_upload_part(
-        self: _Manager, upload: DirectUpload, part_number: int, *, expires_in: int = 3600
+        self, upload: DirectUpload, part_number: int, *, expires_in: int = 3600
     ) -> str:
         """A presigned URL the client PUTs part ``part_number`` (1 to 10,000) to.
 
@@ -199,7 +176,7 @@ class DirectUploads:
             expires_in=expires_in,
         )
 
-    async def alist_upload_parts(self: _Manager, upload: DirectUpload) -> list[UploadedPart]:
+    async def alist_upload_parts(self, upload: DirectUpload) -> list[UploadedPart]:
         """The parts the store received so far (to resume after a reload).
 
         :raises InvalidUploadError: if there is no such upload (completed,
@@ -209,7 +186,7 @@ class DirectUploads:
         return await backend.alist_upload_parts(key=upload.location, upload_id=upload.upload_id)
 
     async def acomplete_direct_upload(
-        self: _Manager, upload: DirectUpload, parts: Sequence[int] | None = None
+        self, upload: DirectUpload, parts: Sequence[int] | None = None
     ) -> StoredObjectRef:
         """Complete the upload and return the ref of the new object.
 
@@ -224,7 +201,7 @@ class DirectUploads:
         :raises InvalidUploadError: for a part that was not received, or no part.
         """
         backend = self._direct_backend(upload)
-        policy = self.get_policy(upload.storage_key)
+        policy = self._manager().get_policy(upload.storage_key)
         listed = await backend.alist_upload_parts(key=upload.location, upload_id=upload.upload_id)
         by_number = {part.part_number: part for part in listed}
         if parts is not None:
@@ -244,22 +221,23 @@ class DirectUploads:
         await backend.acomplete_multipart_upload(
             key=upload.location, upload_id=upload.upload_id, parts=listed
         )
-        return await self.aref_for_upload(
+        return await self._manager().aref_for_upload(
             storage_key=upload.storage_key,
             location=upload.location,
             original_filename=upload.original_filename,
             content_type=upload.content_type,
         )
 
-    async def aabort_direct_upload(self: _Manager, upload: DirectUpload) -> None:
+    async def aabort_direct_upload(self, upload: DirectUpload) -> None:
         """Abort the upload and drop its parts; aborting twice is not an error."""
         backend = self._direct_backend(upload)
         await backend.aabort_multipart_upload(key=upload.location, upload_id=upload.upload_id)
 
-    def _direct_backend(self: _Manager, upload: DirectUpload) -> StorageBackend:
+    def _direct_backend(self, upload: DirectUpload) -> StorageBackend:
         """The backend of ``upload``'s policy, once its location is checked."""
         if not isinstance(upload, DirectUpload):
             raise TypeError(f"expected a DirectUpload, got {type(upload).__name__}")
-        policy = self.get_policy(upload.storage_key)
-        self._check_location(policy, upload.location)
-        return self.get_backend_for_policy(policy)
+        manager = self._manager()
+        policy = manager.get_policy(upload.storage_key)
+        manager._check_location(policy, upload.location)
+        return manager.get_backend_for_policy(policy)
