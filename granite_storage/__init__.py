@@ -1,6 +1,5 @@
 """granite_storage: async-first file storage for SQLAlchemy 2 applications."""
 
-from granite_storage.direct import DirectUpload
 from granite_storage.errors import (
     BackendError,
     ChecksumMismatchError,
@@ -34,7 +33,6 @@ __all__ = [
     "ChecksumMismatchError",
     "ConfigurationError",
     "ContentTooLargeError",
-    "DirectUpload",
     "FactoryError",
     "InvalidLocationError",
     "InvalidUploadError",

@@ -15,14 +15,13 @@ pytest.importorskip("aioboto3")
 
 from granite_storage import (
     ContentTooLargeError,
-    DirectUpload,
     InvalidLocationError,
     InvalidUploadError,
     StorageManager,
     StoragePolicy,
 )
 from granite_storage.backends.memory import MemoryStorageBackend
-from granite_storage.direct import MIN_PART_SIZE, part_size_for
+from granite_storage.direct import MIN_PART_SIZE, DirectUpload, part_size_for
 from granite_storage.errors import OperationNotSupportedError
 from tests.backends.conftest import open_s3_backend
 
