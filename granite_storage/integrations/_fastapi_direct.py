@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException
@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 
 from granite_storage.direct import DirectUpload
 from granite_storage.errors import StorageError
+from granite_storage.http import declared_or_guessed_type
 from granite_storage.manager import StorageManager
 from granite_storage.refs import StoredObjectRef
 
@@ -70,6 +71,7 @@ def direct_upload_router(
         ).rsplit("/", 1)[0]
         if not key.startswith(directory + "/") or "/" in key[len(directory) + 1 :]:
             raise HTTPException(403, "this upload does not belong to the authorised place")
+        # The client's file name is not sent back; the type follows the location's suffix.
         return DirectUpload(storage_key, key, upload_id, part_size=0)
 
     @router.post("")
@@ -126,11 +128,15 @@ def direct_upload_router(
         numbers = _part_numbers(body.get("parts"))
         if numbers is None:
             return JSONResponse({"detail": "parts must be a list of {PartNumber, ETag}"}, 400)
+        content_type = await declared_or_guessed_type(None, key)
+        upload = replace(upload, content_type=content_type)
         ref = await _answer(manager.acomplete_direct_upload(upload, numbers))
         if isinstance(ref, Response):
             return ref
         result = await on_complete(ref, scope) if on_complete is not None else None
-        return JSONResponse({"location": ref.location, "ref": ref.to_dict(), "result": result})
+        return JSONResponse(
+            {"location": ref.location, "key": ref.location, "ref": ref.to_dict(), "result": result}
+        )
 
     @router.delete("/{upload_id}")
     async def abort(upload_id: str, key: str, scope: DirectUploadScope = place) -> Response:
