@@ -65,21 +65,35 @@ PAGE = """<!doctype html>
 <pre id="status">ready</pre>
 <script src="/uppy/uppy.min.js"></script>
 <script>
+  // Resumable: the upload id and key of each file are kept in localStorage
+  // until it completes; picking the same file after a reload resumes it from
+  // the parts the bucket already has.
   const status = document.getElementById("status");
-  const uppy = new Uppy.Uppy({{ autoProceed: true }})
+  const show = (text) => {{ status.textContent = text; }};
+  const saved = (file) => "upload:" + file.name + ":" + file.size;
+  const uppy = new Uppy.Uppy({{ autoProceed: false }})
     .use(Uppy.AwsS3, {{
       companionEndpoint: "/videos/{video_id}/uploads",
       shouldUseMultipart: () => true,
       generateObjectKey: (file) => file.name,
     }});
-  const show = (text) => {{ status.textContent = text; }};
-  uppy.on("upload-progress", (file, p) => show("uploading " + p.bytesUploaded));
-  uppy.on("upload-success", (file, response) => show("done " + response.body.key));
+  uppy.on("s3-multipart:part-uploaded", (file, part) => {{
+    const state = uppy.getFile(file.id).s3Multipart;
+    if (state) localStorage.setItem(saved(file), JSON.stringify(state));
+    show("part " + part.PartNumber);
+  }});
+  uppy.on("upload-success", (file, response) => {{
+    localStorage.removeItem(saved(file));
+    show("done " + response.body.key);
+  }});
   uppy.on("upload-error", (file, error) => show("error " + error));
   document.getElementById("file").addEventListener("change", (event) => {{
-    for (const file of event.target.files) {{
-      uppy.addFile({{ name: file.name, type: file.type, data: file }});
+    for (const data of event.target.files) {{
+      const id = uppy.addFile({{ name: data.name, type: data.type, data }});
+      const state = localStorage.getItem(saved(data));
+      if (state) uppy.setFileState(id, {{ s3Multipart: JSON.parse(state) }});
     }}
+    uppy.upload();
   }});
 </script></body></html>
 """

@@ -3,7 +3,8 @@
 Headless Chromium (the Debian package) loads examples/direct_uploads.py's
 page, served by uvicorn; Uppy's ``@uppy/aws-s3`` multipart mode PUTs the
 parts to moto's server (CORS on the bucket), and the row ends up with a ref
-whose sha256 is the file's. Uppy and playwright-core (which drives Chromium)
+whose sha256 is the file's. A page killed mid-upload is reloaded and the
+upload resumes from the parts the bucket lists. Uppy and playwright-core (which drives Chromium)
 come from npm, installed once into a cache directory. Skipped with the
 reason when Chromium, node or npm is missing; a failure with
 GRANITE_STORAGE_REQUIRE_SERVICES=1 (CI).
@@ -54,6 +55,42 @@ const { chromium } = require(process.argv[2]);
       () => /^(done|error)/.test(document.getElementById("status").textContent),
       null, { timeout: 120000 });
     console.log(await page.textContent("#status"));
+  } finally {
+    await browser.close();
+  }
+})().catch((error) => { console.error(error); process.exit(1); });
+"""
+
+
+RESUME_DRIVER = """
+const { chromium } = require(process.argv[2]);
+const finished = (page) => page.waitForFunction(
+  () => /^(done|error)/.test(document.getElementById("status").textContent),
+  null, { timeout: 120000 });
+(async () => {
+  const browser = await chromium.launch({
+    executablePath: process.argv[3], args: ["--no-sandbox", "--disable-gpu"] });
+  try {
+    const context = await browser.newContext();
+    // A slow link: each part takes a while, so the page dies mid-upload.
+    const first = await context.newPage();
+    await first.route((url) => url.searchParams.has("partNumber"), async (route) => {
+      await new Promise((resolve) => setTimeout(resolve, 400));
+      await route.continue();
+    });
+    await first.goto(process.argv[4]);
+    await first.setInputFiles("#file", process.argv[5]);
+    await first.waitForFunction(
+      () => document.getElementById("status").textContent === "part 3", null,
+      { timeout: 60000 });
+    await first.close();  // the tab is killed mid-upload
+    const second = await context.newPage();
+    let puts = 0;
+    second.on("request", (r) => { if (r.method() === "PUT") puts += 1; });
+    await second.goto(process.argv[4]);
+    await second.setInputFiles("#file", process.argv[5]);
+    await finished(second);
+    console.log(await second.textContent("#status"), "puts=" + puts);
   } finally {
     await browser.close();
   }
@@ -134,11 +171,11 @@ def served_app(
         thread.join(timeout=20)
 
 
-def drive(tools: dict[str, str], url: str, data: bytes, tmp: Path) -> Any:
+def drive(tools: dict[str, str], url: str, data: bytes, tmp: Path, script: str = DRIVER) -> Any:
     """Open ``url`` in Chromium and pick a file holding ``data`` (a worker thread)."""
     video, driver = tmp / "talk.mp4", tmp / "driver.js"
     video.write_bytes(data)
-    driver.write_text(DRIVER)
+    driver.write_text(script)
     return subprocess.run(
         [tools["node"], str(driver), tools["playwright"], tools["chromium"], url, str(video)],
         capture_output=True, text=True, timeout=300, check=False,
@@ -170,3 +207,26 @@ async def test_browser_uploads_40_mib_in_parts_with_uppy(
     assert ref["content_type"] == "video/mp4", json.dumps(ref)
     parts = await s3_client.list_multipart_uploads(Bucket=s3_bucket)
     assert parts.get("Uploads", []) == []
+
+
+async def test_a_killed_page_resumes_from_the_listed_parts(
+    browser_tools: dict[str, str],
+    served_app: str,
+    s3_client: Any,
+    s3_bucket: str,
+    tmp_path: Path,
+) -> None:
+    await s3_client.put_bucket_cors(Bucket=s3_bucket, CORSConfiguration=CORS)
+    data = os.urandom(SIZE)
+    result = await anyio.to_thread.run_sync(
+        drive, browser_tools, f"{served_app}/videos/1", data, tmp_path, RESUME_DRIVER
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    status, puts = result.stdout.split()[:2], result.stdout.split()[-1]
+    assert status[0] == "done", result.stdout + result.stderr[-4000:]
+    # Eight 5 MiB parts; the first page sent at least three, the reloaded one the rest.
+    assert 1 <= int(puts.removeprefix("puts=")) <= 5, result.stdout
+    async with httpx.AsyncClient() as http:
+        ref = (await http.get(f"{served_app}/videos/1/ref")).json()
+    assert ref["checksum"] == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert (await s3_client.list_multipart_uploads(Bucket=s3_bucket)).get("Uploads", []) == []
