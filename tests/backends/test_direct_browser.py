@@ -182,6 +182,23 @@ def drive(tools: dict[str, str], url: str, data: bytes, tmp: Path, script: str =
     )  # fmt: skip
 
 
+async def upload_in_browser(
+    tools: dict[str, str], app_url: str, s3_client: Any, bucket: str, tmp: Path, script: str
+) -> tuple[str, dict[str, Any]]:
+    """Run ``script`` on a new 40 MiB file; its last output line and the row's
+    ref, once checked that the sha256 is the file's and nothing is left pending."""
+    await s3_client.put_bucket_cors(Bucket=bucket, CORSConfiguration=CORS)
+    data = os.urandom(SIZE)
+    result = await anyio.to_thread.run_sync(drive, tools, f"{app_url}/videos/1", data, tmp, script)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.startswith("done v/video/1/file_ref/"), result.stdout + result.stderr
+    async with httpx.AsyncClient() as http:
+        ref: dict[str, Any] = (await http.get(f"{app_url}/videos/1/ref")).json()
+    assert (ref["size"], ref["checksum"]) == (SIZE, "sha256:" + hashlib.sha256(data).hexdigest())
+    assert (await s3_client.list_multipart_uploads(Bucket=bucket)).get("Uploads", []) == []
+    return result.stdout.strip(), ref
+
+
 async def test_browser_uploads_40_mib_in_parts_with_uppy(
     browser_tools: dict[str, str],
     served_app: str,
@@ -189,24 +206,12 @@ async def test_browser_uploads_40_mib_in_parts_with_uppy(
     s3_bucket: str,
     tmp_path: Path,
 ) -> None:
-    await s3_client.put_bucket_cors(Bucket=s3_bucket, CORSConfiguration=CORS)
-    data = os.urandom(SIZE)
-    result = await anyio.to_thread.run_sync(
-        drive, browser_tools, f"{served_app}/videos/1", data, tmp_path
+    _, ref = await upload_in_browser(
+        browser_tools, served_app, s3_client, s3_bucket, tmp_path, DRIVER
     )
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert result.stdout.strip().startswith("done v/video/1/file_ref/"), (
-        result.stdout + result.stderr[-4000:]
-    )
-    async with httpx.AsyncClient() as http:
-        ref = (await http.get(f"{served_app}/videos/1/ref")).json()
-    assert ref["size"] == SIZE
-    assert ref["checksum"] == "sha256:" + hashlib.sha256(data).hexdigest()
     # The router knows the type from the location's suffix; the file name stays
     # with the page (Uppy does not send it back when completing).
     assert ref["content_type"] == "video/mp4", json.dumps(ref)
-    parts = await s3_client.list_multipart_uploads(Bucket=s3_bucket)
-    assert parts.get("Uploads", []) == []
 
 
 async def test_a_killed_page_resumes_from_the_listed_parts(
@@ -216,17 +221,8 @@ async def test_a_killed_page_resumes_from_the_listed_parts(
     s3_bucket: str,
     tmp_path: Path,
 ) -> None:
-    await s3_client.put_bucket_cors(Bucket=s3_bucket, CORSConfiguration=CORS)
-    data = os.urandom(SIZE)
-    result = await anyio.to_thread.run_sync(
-        drive, browser_tools, f"{served_app}/videos/1", data, tmp_path, RESUME_DRIVER
+    status, _ = await upload_in_browser(
+        browser_tools, served_app, s3_client, s3_bucket, tmp_path, RESUME_DRIVER
     )
-    assert result.returncode == 0, result.stderr[-4000:]
-    status, puts = result.stdout.split()[:2], result.stdout.split()[-1]
-    assert status[0] == "done", result.stdout + result.stderr[-4000:]
     # Eight 5 MiB parts; the first page sent at least three, the reloaded one the rest.
-    assert 1 <= int(puts.removeprefix("puts=")) <= 5, result.stdout
-    async with httpx.AsyncClient() as http:
-        ref = (await http.get(f"{served_app}/videos/1/ref")).json()
-    assert ref["checksum"] == "sha256:" + hashlib.sha256(data).hexdigest()
-    assert (await s3_client.list_multipart_uploads(Bucket=s3_bucket)).get("Uploads", []) == []
+    assert 1 <= int(status.rsplit("puts=", 1)[1]) <= 5, status
