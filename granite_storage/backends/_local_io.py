@@ -136,8 +136,12 @@ def find_temp_files(
     return found
 
 
-def remove_files(paths: list[str]) -> None:
-    """Remove ``paths``; those already gone are not an error."""
+def remove_files(paths: list[str]) -> int:
+    """Remove ``paths``; return how many were there (those gone meanwhile,
+    an upload that finished, are not an error)."""
+    removed = 0
     for path in paths:
         with suppress(FileNotFoundError):
             os.unlink(path)
+            removed += 1
+    return removed

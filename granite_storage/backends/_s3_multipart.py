@@ -351,7 +351,8 @@ async def acleanup_multipart_uploads(
     ``older_than`` (aware): initiated before it and no part received since
     (ListParts' latest ``LastModified``), unless ``in_use`` returns their
     location (the key without its first ``strip`` characters). Return how
-    many there were; ``dry_run`` only counts.
+    many were aborted (one that completed meanwhile is not counted);
+    ``dry_run`` only counts.
 
     :raises botocore.exceptions.ClientError: and other botocore errors, raw.
     """
@@ -367,8 +368,8 @@ async def acleanup_multipart_uploads(
             idle[upload["Key"][strip:]] = upload
         for location in set(await in_use(list(idle))):
             idle.pop(location, None)
-        count += len(idle)
         if dry_run:
+            count += len(idle)
             continue
         for upload in idle.values():
             try:
@@ -377,7 +378,9 @@ async def acleanup_multipart_uploads(
                 )
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
-                    raise  # NoSuchUpload: it completed or was aborted meanwhile
+                    raise
+                continue  # it completed or was aborted meanwhile: not ours to count
+            count += 1
     return count
 
 

@@ -334,9 +334,9 @@ class LocalStorageBackend(StorageBackend):
         found = await anyio.to_thread.run_sync(find_temp_files, temp_dir, prefix, older_than)
         kept = set(await in_use([t for _, t in found if t and not t.endswith("/")]))
         stale = [path for path, target in found if target not in kept]
-        if not dry_run:
-            await anyio.to_thread.run_sync(remove_files, stale)
-        return len(stale)
+        if dry_run:
+            return len(stale)
+        return await anyio.to_thread.run_sync(remove_files, stale)
 
 
 async def _write_while_hashing(

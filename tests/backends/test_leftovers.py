@@ -111,18 +111,19 @@ async def test_slow_active_s3_upload_survives_collections_of_both_policies(
 
     async with open_s3_backend(s3_endpoint_url, s3_bucket, session=aioboto3_session) as backend:
         manager = two_policies(backend)
-        # Eight 5 MiB parts, 0.7 s apart: 5 s, far longer than both ages.
+        # Ten 5 MiB parts, 0.5 s apart: 5 s, longer than both ages (the
+        # leftover age of 3 s is widened by S3's 1 s timestamp resolution).
         ref, reports = await upload_while_collecting(
             manager,
-            slow(8, PART, 0.7),
+            slow(10, PART, 0.5),
             ready=first_part_received,
-            leftover_min_age=timedelta(seconds=2),
+            leftover_min_age=timedelta(seconds=3),
         )
-        assert ref.size == 8 * PART
+        assert ref.size == 10 * PART
         assert await manager.aget(ref, verify=True)
         assert len(reports) >= 6 and all(r.failed == 0 for r in reports)
         # The idle uploads were aborted each by its own policy's collection
-        # (once idle for 2 s and the 1 s timestamp resolution), nothing else.
+        # (once idle for 3 s and the 1 s timestamp resolution), nothing else.
         assert sum(r.leftovers_removed for r in reports if r.storage_key == "a") == 1
         assert sum(r.leftovers_removed for r in reports if r.storage_key == "b") == 2
         assert await pending() == {}
@@ -201,9 +202,9 @@ async def test_slow_active_local_upload_survives_collections_of_both_policies(
         async def always() -> bool:
             return True
 
-        # Forty 64 KiB chunks, 0.1 s apart: 4 s, far longer than both ages.
+        # Forty 64 KiB chunks, 0.1 s apart: 4 s, longer than both ages.
         ref, reports = await upload_while_collecting(
-            manager, slow(40, 64 * 1024, 0.1), ready=always, leftover_min_age=SMALL
+            manager, slow(40, 64 * 1024, 0.1), ready=always, leftover_min_age=2 * SMALL
         )
         assert ref.size == 40 * 64 * 1024
         assert await manager.aget(ref, verify=True)
