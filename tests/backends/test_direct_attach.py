@@ -24,7 +24,7 @@ from granite_storage import (
 )
 from granite_storage.integrations.sqlalchemy import ObjectLedger, drain_pending_deletions
 from tests.backends.conftest import open_s3_backend
-from tests.backends.test_direct_uploads import everything
+from tests.backends.test_direct_multipart import everything
 
 pytestmark = pytest.mark.s3
 

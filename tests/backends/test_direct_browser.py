@@ -30,7 +30,7 @@ import pytest
 pytest.importorskip("aioboto3")
 pytest.importorskip("uvicorn")
 
-from tests.backends.test_direct_uploads import CORS
+from tests.backends.test_direct_multipart import CORS
 from tests.services import free_port, skip_or_fail
 
 pytestmark = pytest.mark.s3

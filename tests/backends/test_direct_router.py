@@ -18,7 +18,7 @@ from fastapi import FastAPI, Header, HTTPException
 from granite_storage import StorageManager, StoragePolicy, StoredObjectRef
 from granite_storage.integrations.fastapi import DirectUploadScope, direct_upload_router
 from tests.backends.conftest import open_s3_backend
-from tests.backends.test_direct_uploads import CORS, everything
+from tests.backends.test_direct_multipart import CORS, everything
 
 pytestmark = pytest.mark.s3
 
