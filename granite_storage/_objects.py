@@ -6,7 +6,7 @@ Re-exported by :mod:`granite_storage.contracts`, where users import them.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -44,6 +44,25 @@ class BatchDeleteResult:
 
     deleted: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+
+
+InUse = Callable[[list[str]], Awaitable[Collection[str]]]
+"""Given target locations of incomplete uploads, return those still in use
+(the object ledger holds their intent): ``acleanup_leftovers`` keeps them."""
+
+
+async def none_in_use(locations: list[str]) -> Collection[str]:
+    """The :data:`InUse` hook that keeps nothing."""
+    return ()
+
+
+@dataclass(frozen=True, slots=True)
+class UploadedPart:
+    """One part of a multipart upload as the store received it."""
+
+    part_number: int
+    size: int
+    etag: str
 
 
 @dataclass(frozen=True, slots=True)

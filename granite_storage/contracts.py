@@ -23,14 +23,18 @@ from typing import Any
 import anyio
 
 from granite_storage._concurrency import aclose_quietly
+from granite_storage._direct_seam import DirectUploadSeam, check_expiry
 from granite_storage._objects import BatchDeleteResult as BatchDeleteResult
 from granite_storage._objects import BytesReader as BytesReader
+from granite_storage._objects import InUse as InUse
 from granite_storage._objects import ObjectInfo as ObjectInfo
 from granite_storage._objects import ObjectReader as ObjectReader
 from granite_storage._objects import PresignedUpload as PresignedUpload
 from granite_storage._objects import PutResult as PutResult
+from granite_storage._objects import UploadedPart as UploadedPart
+from granite_storage._objects import none_in_use
 from granite_storage._util import as_utc, batched
-from granite_storage.errors import InvalidLocationError, OperationNotSupportedError
+from granite_storage.errors import InvalidLocationError
 from granite_storage.locations import validate_location, validate_prefix
 from granite_storage.refs import StoredObjectRef
 
@@ -38,14 +42,14 @@ __all__ = [
     "CHECKED_METHODS",
     "BatchDeleteResult",
     "BytesReader",
+    "InUse",
     "ObjectInfo",
     "ObjectReader",
     "PresignedUpload",
     "PutResult",
     "StorageBackend",
+    "UploadedPart",
 ]
-
-_MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # SigV4's limit, the longest anyone signs
 
 
 CHECKED_METHODS: Mapping[str, str] = MappingProxyType(
@@ -62,6 +66,11 @@ CHECKED_METHODS: Mapping[str, str] = MappingProxyType(
         "apresigned_download_url": "_apresign_download",
         "apresigned_upload": "_apresign_upload",
         "aclose": "_aclose",
+        "acreate_multipart_upload": "_acreate_multipart",
+        "apresign_upload_part": "_apresign_part",
+        "alist_upload_parts": "_alist_parts",
+        "acomplete_multipart_upload": "_acomplete_multipart",
+        "aabort_multipart_upload": "_aabort_multipart",
     }
 )
 """The checked public methods of :class:`StorageBackend`, each with the
@@ -69,7 +78,7 @@ primitive a backend implements instead. A subclass that overrides one of
 them is refused when it is defined."""
 
 
-class StorageBackend(abc.ABC):
+class StorageBackend(DirectUploadSeam, abc.ABC):
     """The base class of every storage backend: checks once, primitives below.
 
     The public methods (:data:`CHECKED_METHODS`) validate every location and
@@ -93,7 +102,7 @@ class StorageBackend(abc.ABC):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for name, primitive in CHECKED_METHODS.items():
-            if getattr(cls, name) is not vars(StorageBackend)[name]:  # mixins too
+            if getattr(cls, name) is not getattr(StorageBackend, name):  # mixins too
                 raise TypeError(
                     f"{cls.__qualname__} overrides StorageBackend.{name}(), which checks its "
                     f"arguments for every backend; implement {primitive}() instead"
@@ -161,36 +170,18 @@ class StorageBackend(abc.ABC):
                 result.deleted.append(location)
         return result
 
-    async def _acleanup_leftovers(self, older_than: datetime, dry_run: bool) -> int:
-        """Remove the incomplete uploads started before ``older_than``
-        (aware, UTC); return how many there were. The default has none."""
+    async def _acleanup_leftovers(
+        self, prefix: str | None, older_than: datetime, dry_run: bool, in_use: InUse
+    ) -> int:
+        """Remove the incomplete uploads bound for a location under ``prefix``
+        (all when ``None``) whose last activity (start, last part or chunk
+        received) is before ``older_than`` (aware, UTC), except those whose
+        location ``in_use`` returns; return how many there were. An upload
+        whose target location is unknown is only removed when ``prefix`` is
+        ``None``. The default has none."""
         return 0
 
-    async def _apresign_download(
-        self, location: str, *, expires_in: int, content_disposition: str | None
-    ) -> str:
-        """A URL that downloads ``location`` for ``expires_in`` seconds.
-
-        :raises ~granite_storage.errors.OperationNotSupportedError: by default.
-        """
-        raise OperationNotSupportedError(
-            f"backend {self.backend_name!r} cannot presign URLs; stream the object "
-            "through your application with aopen() instead"
-        )
-
-    async def _apresign_upload(
-        self, location: str, *, max_size: int | None, content_type: str | None, expires_in: int
-    ) -> PresignedUpload:
-        """A presigned request that uploads one object to ``location``.
-
-        :raises ~granite_storage.errors.OperationNotSupportedError: by default.
-        """
-        raise OperationNotSupportedError(
-            f"backend {self.backend_name!r} cannot presign uploads; upload through "
-            "your application with aput_stream() instead"
-        )
-
-    async def _aclose(self) -> None:  # noqa: B027 - optional hook
+    async def _aclose(self) -> None:
         """Release connections and clients; runs shielded from cancellation."""
 
     def _translate_errors(self, action: str, location: str | None) -> AbstractContextManager[None]:
@@ -309,15 +300,31 @@ class StorageBackend(abc.ABC):
                 tg.start_soon(worker)
         return result
 
-    async def acleanup_leftovers(self, *, older_than: datetime, dry_run: bool = True) -> int:
+    async def acleanup_leftovers(
+        self,
+        *,
+        older_than: datetime,
+        dry_run: bool = True,
+        prefix: str | None = None,
+        in_use: InUse | None = None,
+    ) -> int:
         """Remove incomplete uploads (temporary files, pending multipart
-        uploads) started before ``older_than``; return how many there were.
+        uploads) idle since before ``older_than``: started then, and no part
+        or chunk received since. Return how many there were.
 
+        :param prefix: only uploads bound for a location under this prefix
+            (a policy's ``key_prefix``); ``None``: every upload of the backend.
+        :param in_use: returns which of the given target locations are still
+            in use (an object ledger's intents); those are kept.
         :raises ValueError: if ``older_than`` is naive.
+        :raises InvalidLocationError: if ``prefix`` is unsafe.
         """
         older_than = as_utc(older_than)
+        prefix = validate_prefix(prefix)
         with self._translate_errors("clean up incomplete uploads in", None):
-            return await self._acleanup_leftovers(older_than, dry_run)
+            return await self._acleanup_leftovers(
+                prefix, older_than, dry_run, in_use or none_in_use
+            )
 
     async def apresigned_download_url(
         self,
@@ -336,7 +343,7 @@ class StorageBackend(abc.ABC):
             backend cannot sign URLs (local disk and memory cannot).
         """
         location = validate_location(ref.location)
-        _check_expiry(expires_in)
+        check_expiry(expires_in)
         with self._translate_errors("presign a download of", location):
             return await self._apresign_download(
                 location, expires_in=expires_in, content_disposition=content_disposition
@@ -358,7 +365,7 @@ class StorageBackend(abc.ABC):
             backend cannot sign uploads.
         """
         location = validate_location(key)
-        _check_expiry(expires_in)
+        check_expiry(expires_in)
         with self._translate_errors("presign an upload to", location):
             return await self._apresign_upload(
                 location, max_size=max_size, content_type=content_type, expires_in=expires_in
@@ -380,11 +387,3 @@ def _is_valid(location: str) -> bool:
 
 def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
-
-
-def _check_expiry(expires_in: int) -> None:
-    if not 1 <= expires_in <= _MAX_PRESIGN_SECONDS:
-        raise ValueError(
-            f"expires_in must be between 1 and {_MAX_PRESIGN_SECONDS} seconds (7 days), "
-            f"got {expires_in}"
-        )

@@ -12,11 +12,8 @@ from granite_storage._checks import acheck_stored, ainspect_upload, declared_ext
 from granite_storage._concurrency import aclose_quietly
 from granite_storage._presigned import PresignedTransfers
 from granite_storage.contracts import BytesReader, ObjectReader, StorageBackend
-from granite_storage.errors import (
-    ConfigurationError,
-    ContentTooLargeError,
-    InvalidLocationError,
-)
+from granite_storage.direct import DirectUploads
+from granite_storage.errors import ConfigurationError, ContentTooLargeError, InvalidLocationError
 from granite_storage.locations import build_location, is_under_prefix, validate_location
 from granite_storage.policy import StoragePolicy
 from granite_storage.refs import StoredObjectRef, clean_text, utcnow_iso
@@ -31,7 +28,7 @@ from granite_storage.streams import (
 __all__ = ["StorageManager"]
 
 
-class StorageManager(PresignedTransfers):
+class StorageManager(PresignedTransfers, DirectUploads):
     """The entry point: policies pick backends, backends store bytes.
 
     ``async with StorageManager(...) as manager:`` (or ``await manager.aclose()``)

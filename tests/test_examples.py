@@ -29,7 +29,14 @@ def run_example(name: str, *args: str, env: dict[str, str] | None = None) -> str
 
 def test_every_example_is_covered() -> None:
     scripts = {p.name for p in EXAMPLES.glob("*.py")}
-    assert scripts == {"quickstart.py", "fastapi_app.py", "arq_worker.py", "gc_factory.py"}
+    # direct_uploads.py runs in a real browser: tests/backends/test_direct_browser.py.
+    assert scripts == {
+        "quickstart.py",
+        "fastapi_app.py",
+        "arq_worker.py",
+        "gc_factory.py",
+        "direct_uploads.py",
+    }
     assert (EXAMPLES / "alembic" / "env.py").exists()  # run by test_sqlalchemy_alembic.py
 
 

@@ -21,7 +21,7 @@ import granite_storage.gc
 from granite_storage import StorageError, StorageManager, StoragePolicy, StoredObjectRef
 from granite_storage.backends.local import TEMP_DIR_NAME
 from granite_storage.backends.memory import MemoryStorageBackend
-from granite_storage.contracts import BatchDeleteResult
+from granite_storage.contracts import BatchDeleteResult, InUse
 from granite_storage.errors import BackendError, ConfigurationError, UnsafeCollectionError
 from granite_storage.gc import (
     GarbageCollectionProgress,
@@ -599,11 +599,15 @@ async def test_stale_temporary_files_are_leftovers(tmp_path: Path) -> None:
     store = make_store("local", tmp_path)
     await store.aput()  # creates the root and its temporary directory
     temp_dir = store.path(TEMP_DIR_NAME)
-    stale, fresh = temp_dir / "stale.part", temp_dir / "fresh.part"
-    await anyio.Path(stale).write_bytes(b"half an upload")
-    await anyio.Path(fresh).write_bytes(b"an upload in progress")
-    await aset_mtime(stale, datetime.now(UTC) - OLD)
-    gc = collector(store, store.written)
+    # Temporary files name their target location (percent-encoded).
+    stale, fresh = temp_dir / "1.docs%2Fm%2F1%2Fa.part", temp_dir / "2.docs%2Fm%2F1%2Fb.part"
+    other = temp_dir / "3.docs2%2Fm%2F1%2Fc.part"  # policy docs2's upload
+    unknown = temp_dir / "4.part"  # no target: granite-storage 0.1.0's names
+    for path in (stale, fresh, other, unknown):
+        await anyio.Path(path).write_bytes(b"half an upload")
+    for path in (stale, other, unknown):
+        await aset_mtime(path, datetime.now(UTC) - OLD)
+    gc = collector(store, store.written, leftover_min_age=timedelta(hours=1))
 
     dry = await gc.acollect(storage_key="docs")
     assert dry.leftovers_removed == 1
@@ -613,37 +617,53 @@ async def test_stale_temporary_files_are_leftovers(tmp_path: Path) -> None:
     assert report.leftovers_removed == 1
     assert report.scanned == 1  # temporary files are never listed as objects
     assert not await anyio.Path(stale).exists()
-    assert await anyio.Path(fresh).exists()
+    for kept in (fresh, other, unknown):  # written to lately; another policy's; unknown
+        assert await anyio.Path(kept).exists()
 
     skipped = await collector(store, [], cleanup_leftovers=False).acollect(storage_key="docs")
     assert skipped.leftovers_removed == 0
+    default = await collector(store, []).acollect(storage_key="docs2", dry_run=False)
+    assert default.leftovers_removed == 0  # idle 2 h: younger than the default 24 h
+    assert await anyio.Path(other).exists()
 
 
 async def test_leftovers_get_the_cutoff_and_the_dry_run_flag() -> None:
-    calls: list[tuple[datetime, bool]] = []
+    calls: list[tuple[str | None, datetime, bool]] = []
 
     class WithLeftovers(CoarseMemoryBackend):
-        async def _acleanup_leftovers(self, older_than: datetime, dry_run: bool) -> int:
-            calls.append((older_than, dry_run))
+        async def _acleanup_leftovers(
+            self, prefix: str | None, older_than: datetime, dry_run: bool, in_use: InUse
+        ) -> int:
+            calls.append((prefix, older_than, dry_run))
             return 4
 
     start = datetime(2030, 1, 1, tzinfo=UTC)
     manager = StorageManager(
-        backends={"main": WithLeftovers()}, policies={"docs": StoragePolicy("docs", "main")}
+        backends={"main": WithLeftovers()},
+        policies={"docs": StoragePolicy("docs", "main", key_prefix="docs")},
     )
     gc = StorageGarbageCollector(manager, list, clock=lambda: start)
     assert (await gc.acollect(storage_key="docs")).leftovers_removed == 4
     report = await gc.acollect(storage_key="docs", dry_run=False, min_age=NOW)
     assert report.leftovers_removed == 4
+    long = await gc.acollect(storage_key="docs", min_age=timedelta(hours=30))
+    short = await gc.acollect(storage_key="docs", leftover_min_age=timedelta(minutes=5))
+    assert (long.leftovers_removed, short.leftovers_removed) == (4, 4)
+    # Idle for the longer of min_age and leftover_min_age (24 h by default),
+    # less S3's one-second timestamp resolution; only under the policy's prefix.
     assert calls == [
-        (start - timedelta(hours=1, seconds=1), True),
-        (start - timedelta(seconds=1), False),
+        ("docs", start - timedelta(hours=24, seconds=1), True),
+        ("docs", start - timedelta(hours=24, seconds=1), False),
+        ("docs", start - timedelta(hours=30, seconds=1), True),
+        ("docs", start - timedelta(hours=1, seconds=1), True),
     ]
 
 
 async def test_a_failing_leftover_cleanup_is_reported_not_raised() -> None:
     class BrokenLeftovers(MemoryStorageBackend):
-        async def _acleanup_leftovers(self, older_than: datetime, dry_run: bool) -> int:
+        async def _acleanup_leftovers(
+            self, prefix: str | None, older_than: datetime, dry_run: bool, in_use: InUse
+        ) -> int:
             raise BackendError("permission denied")
 
     manager = StorageManager(

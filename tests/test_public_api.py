@@ -38,6 +38,8 @@ CONTRACT_MODULES = {
     "granite_storage.backends.memory": ["MemoryStorageBackend"],
     "granite_storage.gc": ["StorageGarbageCollector", "GarbageCollectionReport"],
     "granite_storage.integrations.sqlalchemy": ["iter_model_storage_refs"],
+    "granite_storage.direct": ["DirectUpload"],
+    "granite_storage.integrations.fastapi": ["direct_upload_router"],
     # 0.1.0 migrations import these; they keep working
     "granite_storage.types": ["StoredObjectRefType"],
     "granite_storage.alembic_helpers": ["portable_storage_ref_type"],

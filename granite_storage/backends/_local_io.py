@@ -1,7 +1,7 @@
 """The local backend's edge and its read-only walks: OS errors become
 granite_storage errors here (:func:`translate_os_errors`), files are read by
 :class:`FileReader`, and the storage root is listed and swept of old
-temporary files in worker threads (:func:`scan`, :func:`remove_temp_files`).
+temporary files in worker threads (:func:`scan`, :func:`find_temp_files`).
 
 Writes and deletes stay in :mod:`granite_storage.backends.local`.
 """
@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import BinaryIO
+from urllib.parse import quote, unquote
 
 import anyio.to_thread
 
 from granite_storage.contracts import ObjectInfo, ObjectReader
 from granite_storage.errors import BackendError, ObjectNotFoundError
+from granite_storage.locations import unique_name
 
 #: The directory under the root that holds uploads in progress. Locations
 #: built by granite_storage never start with a dot, so it cannot collide.
 TEMP_DIR_NAME = ".granite-tmp"
 _LIST_BATCH = 1000
 _MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
+# 255 bytes per file name, less the random name, two dots and "part".
+_MAX_TARGET_NAME = 255 - 32 - 6
 
 
 @contextmanager
@@ -89,21 +93,55 @@ def scan(root: str, prefix: str | None) -> Iterator[list[ObjectInfo]]:
         yield batch
 
 
-def remove_temp_files(temp_dir: str, older_than: datetime, dry_run: bool) -> int:
-    """Remove (unless ``dry_run``) the files in ``temp_dir`` last written
-    before ``older_than``; return how many there were."""
+def temp_name(location: str) -> str:
+    """A new temporary file name that records its target: ``<random>.<location,
+    percent-encoded>.part``. A location too long for one file name is cut at
+    a ``/`` and keeps the trailing slash (``docs/m/``): still enough to tell
+    which prefix the upload belongs to."""
+    target = location
+    while len(encoded := quote(target, safe="")) > _MAX_TARGET_NAME:
+        head, slash, _ = target.rstrip("/").rpartition("/")
+        target = head + slash
+    return f"{unique_name()}.{encoded}.part"
+
+
+def temp_target(name: str) -> str | None:
+    """The location (or ``dir/`` prefix) a temporary file was bound for;
+    ``None`` if its name does not say (files of granite-storage 0.1.0)."""
+    _, dot, encoded = name.removesuffix(".part").partition(".")
+    return unquote(encoded) or None if dot else None
+
+
+def find_temp_files(
+    temp_dir: str, prefix: str | None, older_than: datetime
+) -> list[tuple[str, str | None]]:
+    """``(path, target)`` of the files in ``temp_dir`` bound for a location
+    under ``prefix`` (every file when ``None``) and last written before
+    ``older_than``."""
     cutoff = older_than.timestamp()
-    removed = 0
+    found = []
     with os.scandir(temp_dir) as entries:
         for entry in entries:
+            target = temp_target(entry.name)
+            if prefix is not None and not (target or "").startswith(prefix + "/"):
+                continue  # another policy's upload, or one whose target is unknown
             try:
                 if not entry.is_file(follow_symlinks=False):
                     continue
                 if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
-                    continue
-                if not dry_run:
-                    os.unlink(entry.path)
+                    continue  # written to within the cutoff: in progress
             except FileNotFoundError:
                 continue  # an upload finished or was discarded meanwhile
+            found.append((entry.path, target))
+    return found
+
+
+def remove_files(paths: list[str]) -> int:
+    """Remove ``paths``; return how many were there (those gone meanwhile,
+    an upload that finished, are not an error)."""
+    removed = 0
+    for path in paths:
+        with suppress(FileNotFoundError):
+            os.unlink(path)
             removed += 1
     return removed

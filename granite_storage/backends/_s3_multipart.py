@@ -17,7 +17,7 @@ import base64
 import hashlib
 import io
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -338,27 +338,63 @@ class _MultipartUpload:
 
 
 async def acleanup_multipart_uploads(
-    client: Any, *, bucket: str, prefix: str, older_than: datetime, dry_run: bool
+    client: Any,
+    *,
+    bucket: str,
+    prefix: str,
+    strip: int,
+    older_than: datetime,
+    dry_run: bool,
+    in_use: Callable[[list[str]], Awaitable[Collection[str]]],
 ) -> int:
-    """Abort the multipart uploads under ``prefix`` initiated before
-    ``older_than`` (aware); return how many there were. ``dry_run`` only counts.
+    """Abort the multipart uploads under key ``prefix`` idle since before
+    ``older_than`` (aware): initiated before it and no part received since
+    (ListParts' latest ``LastModified``), unless ``in_use`` returns their
+    location (the key without its first ``strip`` characters). Return how
+    many were aborted (one that completed meanwhile is not counted);
+    ``dry_run`` only counts.
 
     :raises botocore.exceptions.ClientError: and other botocore errors, raw.
     """
     count = 0
     paginator = client.get_paginator("list_multipart_uploads")
     async for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        idle: dict[str, dict[str, Any]] = {}
         for upload in page.get("Uploads", ()):
             if as_utc(upload["Initiated"]) >= older_than:
                 continue
-            count += 1
-            if dry_run:
-                continue
+            if await _alast_part_time(client, bucket, upload) >= older_than:
+                continue  # still receiving parts: in progress, however long it runs
+            idle[upload["Key"][strip:]] = upload
+        for location in set(await in_use(list(idle))):
+            idle.pop(location, None)
+        if dry_run:
+            count += len(idle)
+            continue
+        for upload in idle.values():
             try:
                 await client.abort_multipart_upload(
                     Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                 )
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
-                    raise  # NoSuchUpload: it completed or was aborted meanwhile
+                    raise
+                continue  # it completed or was aborted meanwhile: not ours to count
+            count += 1
     return count
+
+
+async def _alast_part_time(client: Any, bucket: str, upload: dict[str, Any]) -> datetime:
+    """When ``upload`` last received a part (its initiation if none)."""
+    latest = as_utc(upload["Initiated"])
+    paginator = client.get_paginator("list_parts")
+    try:
+        async for page in paginator.paginate(
+            Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+        ):
+            for part in page.get("Parts", ()):
+                latest = max(latest, as_utc(part["LastModified"]))
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+            raise
+    return latest

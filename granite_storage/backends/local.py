@@ -1,11 +1,13 @@
 """Local disk backend: atomic writes, streaming reads, all file I/O in worker threads.
 
-Every upload is written to ``<root>/.granite-tmp/<random>.part``, flushed and
+Every upload is written to ``<root>/.granite-tmp/<random>.<location>.part``
+(the location percent-encoded, so a collection touches only the temporary
+files of its own policy's prefix), flushed and
 (by default) fsynced, and then renamed into place with ``os.replace``, which
 is atomic on POSIX: a reader sees the whole object or nothing. A failed,
 oversized or cancelled upload removes its temporary file in a
 cancellation-shielded scope. Temporary files of a process that died are
-"leftovers", removed by the garbage collector once older than its minimum age.
+"leftovers", removed by the garbage collector once idle for its leftover age.
 """
 
 from __future__ import annotations
@@ -27,19 +29,21 @@ from granite_storage._concurrency import Checkpoint, copy_slots, run_stoppable
 from granite_storage.backends._local_io import (
     TEMP_DIR_NAME,
     FileReader,
-    remove_temp_files,
+    find_temp_files,
+    remove_files,
     scan,
+    temp_name,
     translate_os_errors,
 )
 from granite_storage.contracts import (
     BatchDeleteResult,
+    InUse,
     ObjectInfo,
     ObjectReader,
     PutResult,
     StorageBackend,
 )
 from granite_storage.errors import BackendError, InvalidLocationError, StorageError
-from granite_storage.locations import unique_name
 from granite_storage.streams import BlockingPull, HashingThread, Sha256Digest, blocking_pull
 
 __all__ = ["TEMP_DIR_NAME", "LocalStorageBackend"]
@@ -86,9 +90,9 @@ class LocalStorageBackend(StorageBackend):
             raise InvalidLocationError(f"location {location!r} leads outside the storage root")
         return real
 
-    def _open_temp(self) -> tuple[BinaryIO, str]:
+    def _open_temp(self, location: str) -> tuple[BinaryIO, str]:
         temp_dir = os.path.join(self._root(), TEMP_DIR_NAME)
-        path = os.path.join(temp_dir, f"{unique_name()}.part")
+        path = os.path.join(temp_dir, temp_name(location))
         try:
             return open(path, "xb", buffering=0), path
         except FileNotFoundError:
@@ -167,7 +171,7 @@ class LocalStorageBackend(StorageBackend):
         """Store an object that is already in memory, in the calling thread."""
         digest = Sha256Digest()
         digest.update(data)
-        file, temp = self._open_temp()
+        file, temp = self._open_temp(location)
         try:
             _write_all(file, data)
             self._commit(file, temp, location)
@@ -186,7 +190,7 @@ class LocalStorageBackend(StorageBackend):
                 return self._put_whole(first or b"", location)
         digest = Sha256Digest()
         with translate_os_errors("create a temporary file for", location):
-            file, temp = self._open_temp()
+            file, temp = self._open_temp(location)
         try:
             gate = copy_slots.gate()
             with HashingThread(digest) as hasher:
@@ -259,9 +263,6 @@ class LocalStorageBackend(StorageBackend):
     def _scan(self, prefix: str | None) -> Iterator[list[ObjectInfo]]:
         yield from scan(self._root(), prefix)
 
-    def _cleanup_temp(self, older_than: datetime, dry_run: bool) -> int:
-        return remove_temp_files(os.path.join(self._root(), TEMP_DIR_NAME), older_than, dry_run)
-
     # -- the primitives ------------------------------------------------------
 
     def _translate_errors(self, action: str, location: str | None) -> AbstractContextManager[None]:
@@ -285,7 +286,7 @@ class LocalStorageBackend(StorageBackend):
             with translate_os_errors("write", location):
                 return await anyio.to_thread.run_sync(self._put_whole, first, location)
         with translate_os_errors("create a temporary file for", location):
-            file, temp = await anyio.to_thread.run_sync(self._open_temp)
+            file, temp = await anyio.to_thread.run_sync(self._open_temp, location)
         digest = Sha256Digest()
         try:
             with translate_os_errors("write", location):
@@ -324,8 +325,18 @@ class LocalStorageBackend(StorageBackend):
             for info in batch:
                 yield info
 
-    async def _acleanup_leftovers(self, older_than: datetime, dry_run: bool) -> int:
-        return await anyio.to_thread.run_sync(self._cleanup_temp, older_than, dry_run)
+    async def _acleanup_leftovers(
+        self, prefix: str | None, older_than: datetime, dry_run: bool, in_use: InUse
+    ) -> int:
+        """Remove the temporary files bound for a location under ``prefix``
+        (their names say which) and not written to since ``older_than``."""
+        temp_dir = os.path.join(await anyio.to_thread.run_sync(self._root), TEMP_DIR_NAME)
+        found = await anyio.to_thread.run_sync(find_temp_files, temp_dir, prefix, older_than)
+        kept = set(await in_use([t for _, t in found if t and not t.endswith("/")]))
+        stale = [path for path, target in found if target not in kept]
+        if dry_run:
+            return len(stale)
+        return await anyio.to_thread.run_sync(remove_files, stale)
 
 
 async def _write_while_hashing(

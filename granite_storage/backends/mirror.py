@@ -17,6 +17,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from granite_storage.contracts import (
     BatchDeleteResult,
+    InUse,
     ObjectInfo,
     ObjectReader,
     PresignedUpload,
@@ -189,10 +190,14 @@ class MirrorBackend(StorageBackend):
         result.deleted.extend(loc for loc in locations if loc not in result.failed)
         return result
 
-    async def _acleanup_leftovers(self, older_than: datetime, dry_run: bool) -> int:
+    async def _acleanup_leftovers(
+        self, prefix: str | None, older_than: datetime, dry_run: bool, in_use: InUse
+    ) -> int:
         total = 0
         for backend in self.backends:
-            total += await backend.acleanup_leftovers(older_than=older_than, dry_run=dry_run)
+            total += await backend.acleanup_leftovers(
+                older_than=older_than, dry_run=dry_run, prefix=prefix, in_use=in_use
+            )
         return total
 
     # -- presigning and lifecycle ---------------------------------------------------

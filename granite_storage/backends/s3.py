@@ -27,6 +27,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 from granite_storage._util import as_utc
 from granite_storage.backends._s3_client import S3Client
+from granite_storage.backends._s3_direct import S3DirectUploads
 from granite_storage.backends._s3_io import S3Reader, error_code, is_not_found, s3_errors
 from granite_storage.backends._s3_multipart import (
     MAX_PART_SIZE,
@@ -38,6 +39,7 @@ from granite_storage.backends._s3_multipart import (
 from granite_storage.contracts import (
     BatchDeleteResult,
     BytesReader,
+    InUse,
     ObjectInfo,
     ObjectReader,
     PresignedUpload,
@@ -58,7 +60,7 @@ _RESERVED_PUT_KWARGS = frozenset(
 _HEADER_SAFE = re.compile(r"[\x20-\x7e]+")
 
 
-class S3StorageBackend(StorageBackend):
+class S3StorageBackend(S3DirectUploads, StorageBackend):
     """Objects stored in an S3 bucket, or in any S3-compatible store.
 
     Moving from :class:`~granite_storage.backends.local.LocalStorageBackend`
@@ -209,6 +211,10 @@ class S3StorageBackend(StorageBackend):
     def _key(self, location: str) -> str:
         return f"{self.prefix}/{location}" if self.prefix else location
 
+    def _list_prefix(self, prefix: str | None) -> str:
+        """The key prefix that lists what lies under location ``prefix``."""
+        return self._key(prefix) + "/" if prefix else (f"{self.prefix}/" if self.prefix else "")
+
     # -- the primitives ---------------------------------------------------------
 
     def _translate_errors(self, action: str, location: str | None) -> AbstractContextManager[None]:
@@ -300,30 +306,29 @@ class S3StorageBackend(StorageBackend):
 
     async def _aiter_objects(self, prefix: str | None) -> AsyncIterator[ObjectInfo]:
         """ListObjectsV2 pages of up to 1000 keys, never outside the backend's prefix."""
-        if prefix:
-            list_prefix = self._key(prefix) + "/"
-        else:
-            list_prefix = f"{self.prefix}/" if self.prefix else ""
         strip = len(self.prefix) + 1 if self.prefix else 0
         client = await self.aget_client()
         paginator = client.get_paginator("list_objects_v2")
-        async for page in paginator.paginate(Bucket=self.bucket, Prefix=list_prefix):
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=self._list_prefix(prefix)):
             for item in page.get("Contents", ()):
                 modified = as_utc(item["LastModified"])
                 yield ObjectInfo(item["Key"][strip:], int(item["Size"]), modified)
 
-    async def _acleanup_leftovers(self, older_than: datetime, dry_run: bool) -> int:
-        """Abort the multipart uploads under the backend's prefix initiated
-        before ``older_than`` (uploads of crashed or killed processes). An
-        upload still in progress that started before it is aborted too: pick
-        a cutoff older than your longest upload."""
+    async def _acleanup_leftovers(
+        self, prefix: str | None, older_than: datetime, dry_run: bool, in_use: InUse
+    ) -> int:
+        """Abort the multipart uploads under ``prefix`` (inside the backend's
+        prefix) idle since before ``older_than``: an upload still receiving
+        parts is kept however long ago it started."""
         client = await self.aget_client()
         return await acleanup_multipart_uploads(
             client,
             bucket=self.bucket,
-            prefix=f"{self.prefix}/" if self.prefix else "",
+            prefix=self._list_prefix(prefix),
+            strip=len(self.prefix) + 1 if self.prefix else 0,
             older_than=older_than,
             dry_run=dry_run,
+            in_use=in_use,
         )
 
     async def _apresign_download(

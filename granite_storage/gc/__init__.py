@@ -17,10 +17,11 @@ How a run works (:meth:`StorageGarbageCollector.acollect`):
    :attr:`~StorageGarbageCollector.batch_size` that are handed to
    ``backend.adelete_many`` (S3: one DeleteObjects request per 1000 keys),
    at most :attr:`~StorageGarbageCollector.delete_concurrency` batches at once.
-4. Leftovers older than the cutoff (stale temporary files, abandoned
-   multipart uploads) are removed with ``backend.acleanup_leftovers``. They
-   belong to the backend, not to a policy (no ref ever points at them), so
-   collecting any policy cleans every leftover of its backend.
+4. Leftovers (temporary files, multipart uploads) bound for the policy's
+   prefix and idle for longer than ``leftover_min_age`` (default 24 h) and
+   ``min_age`` are removed with ``backend.acleanup_leftovers``. Idle means no
+   part or chunk received since: an upload still sending data is never
+   aborted, however long it runs, nor one of another policy.
 
 Memory is O(references) + O(listing buffer) + O(batch size x concurrency):
 the listing is never held whole. The reference set costs about 80 bytes
@@ -39,12 +40,17 @@ its commit.
 """
 
 from granite_storage.errors import UnsafeCollectionError
-from granite_storage.gc._collector import DEFAULT_MIN_AGE, StorageGarbageCollector
+from granite_storage.gc._collector import (
+    DEFAULT_LEFTOVER_MIN_AGE,
+    DEFAULT_MIN_AGE,
+    StorageGarbageCollector,
+)
 from granite_storage.gc._refs import ReferenceIndex, ReferenceSource
 from granite_storage.gc._report import GarbageCollectionProgress, GarbageCollectionReport
 from granite_storage.gc._run import ProgressCallback
 
 __all__ = [
+    "DEFAULT_LEFTOVER_MIN_AGE",
     "DEFAULT_MIN_AGE",
     "GarbageCollectionProgress",
     "GarbageCollectionReport",

@@ -23,6 +23,9 @@ logger = logging.getLogger("granite_storage.gc")
 
 #: The default grace period: objects younger than this are never deleted.
 DEFAULT_MIN_AGE = timedelta(hours=1)
+#: How long an incomplete upload must be idle before a collection removes it
+#: (the order of the AbortIncompleteMultipartUpload lifecycle rule AWS recommends).
+DEFAULT_LEFTOVER_MIN_AGE = timedelta(hours=24)
 
 
 class BaseCollector(ABC):
@@ -42,8 +45,10 @@ class BaseCollector(ABC):
         cleanup_leftovers: bool,
         clock: Callable[[], datetime] | None,
         /,
+        leftover_min_age: timedelta = DEFAULT_LEFTOVER_MIN_AGE,
     ) -> None:
         self.min_age = check_min_age(min_age)
+        self.leftover_min_age = check_min_age(leftover_min_age, "leftover_min_age")
         self.max_deletions = check_max_deletions(max_deletions)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -60,6 +65,7 @@ class BaseCollector(ABC):
         min_age: timedelta | None = None,
         max_deletions: int | None = None,
         backend_key: str | None = None,
+        leftover_min_age: timedelta | None = None,
     ) -> GarbageCollectionReport:
         """Collect the orphans of one policy.
 
@@ -71,13 +77,20 @@ class BaseCollector(ABC):
             of the policy's own (a backend the policy's objects are moving
             from or to). Every ref protects its location on every backend,
             whatever backend it names.
+        :param leftover_min_age: override the collector's leftover age for this run.
         :returns: the report; failed deletions are counted in it, not raised.
         :raises StorageError: (a ``ConfigurationError``) for an unknown storage
             key; see the collector for the other errors it raises.
         :raises ValueError: if the clock returns a naive datetime.
         """
         plan = self._plan(
-            storage_key, dry_run, min_age, max_deletions, self._lists_backend, backend_key
+            storage_key,
+            dry_run,
+            min_age,
+            max_deletions,
+            self._lists_backend,
+            backend_key=backend_key,
+            leftover_min_age=leftover_min_age,
         )
         report = await self._arun(plan)
         logger.info("%s", report)
@@ -95,6 +108,7 @@ class BaseCollector(ABC):
         max_deletions: int | None,
         lists_backend: bool,
         backend_key: str | None = None,
+        leftover_min_age: timedelta | None = None,
     ) -> Plan:
         """Resolve the policy and its backend, apply the overrides, fix the start."""
         policy = self.manager.get_policy(storage_key)
@@ -117,6 +131,10 @@ class BaseCollector(ABC):
                 self.max_deletions if max_deletions is None else max_deletions
             ),
             now=as_utc(self.clock()),
+            leftover_min_age=check_min_age(
+                self.leftover_min_age if leftover_min_age is None else leftover_min_age,
+                "leftover_min_age",
+            ),
         )
 
 
@@ -151,8 +169,12 @@ class StorageGarbageCollector(BaseCollector):
     :param batch_size: locations per ``adelete_many`` call (S3 accepts 1000).
     :param delete_concurrency: ``adelete_many`` calls running at once.
     :param listing_buffer: listed objects buffered while references are read.
-    :param cleanup_leftovers: also remove stale temporary files and abandoned
-        multipart uploads older than the cutoff.
+    :param cleanup_leftovers: also remove the policy's incomplete uploads
+        (temporary files, multipart uploads) that no part or chunk reached for
+        ``leftover_min_age`` (and ``min_age``). One still receiving data is
+        never removed, however long it runs; nor one outside the policy's prefix.
+    :param leftover_min_age: how long an incomplete upload must be idle before
+        it is removed (default 24 h).
     :param progress: called with a :class:`GarbageCollectionProgress` at each
         phase change and every ``progress_every`` references or objects; it
         runs on the event loop and must return quickly.
@@ -174,8 +196,11 @@ class StorageGarbageCollector(BaseCollector):
         progress: ProgressCallback | None = None,
         progress_every: int = 10_000,
         clock: Callable[[], datetime] | None = None,
+        leftover_min_age: timedelta = DEFAULT_LEFTOVER_MIN_AGE,
     ) -> None:
-        super().__init__(manager, min_age, max_deletions, batch_size, cleanup_leftovers, clock)
+        super().__init__(
+            manager, min_age, max_deletions, batch_size, cleanup_leftovers, clock, leftover_min_age
+        )
         for name, value in (
             ("delete_concurrency", delete_concurrency),
             ("listing_buffer", listing_buffer),
@@ -234,12 +259,12 @@ def _prefixes_overlap(a: str | None, b: str | None) -> bool:
     return a == b or is_under_prefix(a, b) or is_under_prefix(b, a)
 
 
-def check_min_age(min_age: timedelta) -> timedelta:
+def check_min_age(min_age: timedelta, name: str = "min_age") -> timedelta:
     """``min_age`` if it is a non-negative ``timedelta``; else TypeError or ValueError."""
     if not isinstance(min_age, timedelta):
-        raise TypeError(f"min_age must be a datetime.timedelta, got {type(min_age).__name__}")
+        raise TypeError(f"{name} must be a datetime.timedelta, got {type(min_age).__name__}")
     if min_age < timedelta(0):
-        raise ValueError(f"min_age must not be negative, got {min_age}")
+        raise ValueError(f"{name} must not be negative, got {min_age}")
     return min_age
 
 

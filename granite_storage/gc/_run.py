@@ -15,7 +15,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from granite_storage._concurrency import aclose_quietly
-from granite_storage.contracts import ObjectInfo, StorageBackend
+from granite_storage.contracts import InUse, ObjectInfo, StorageBackend
 from granite_storage.gc._deletions import DeleteBatch, adelete_counted, stop_at_cap
 from granite_storage.gc._refs import ReferenceIndex, ReferenceSource, aread_references
 from granite_storage.gc._report import (
@@ -47,10 +47,18 @@ class Plan:
     max_deletions: int | None
     #: The run's start (aware, UTC); the age cutoff is ``now - min_age``.
     now: datetime
+    #: How long an incomplete upload must have been idle to be removed.
+    leftover_min_age: timedelta = timedelta(hours=24)
 
     @property
     def cutoff(self) -> datetime:
         return self.now - self.min_age
+
+    @property
+    def leftover_cutoff(self) -> datetime:
+        """Incomplete uploads idle since before this are removed: a part or
+        chunk received within ``min_age`` or ``leftover_min_age`` keeps one."""
+        return self.now - max(self.min_age, self.leftover_min_age)
 
     def new_report(self) -> GarbageCollectionReport:
         """An empty report of this collection."""
@@ -78,6 +86,9 @@ class RunOptions:
     #: object ledger's audit wins each location first). Locations it neither
     #: deletes nor reports failed count as ``skipped_in_use``.
     delete_batch: DeleteBatch | None = None
+    #: Which target locations of incomplete uploads are still in use (the
+    #: object ledger's intents); their uploads are never aborted.
+    in_use: InUse | None = None
 
 
 class CollectionRun:
@@ -86,6 +97,7 @@ class CollectionRun:
     def __init__(self, options: RunOptions, plan: Plan) -> None:
         self.options = options
         self.policy, self.backend, self.cutoff = plan.policy, plan.backend, plan.cutoff
+        self.leftover_cutoff = plan.leftover_cutoff
         self.max_deletions = plan.max_deletions
         self.started = time.monotonic()
         self.report = plan.new_report()
@@ -232,10 +244,13 @@ class CollectionRun:
         self._notify()
 
     async def _acleanup_leftovers(self) -> None:
-        older_than = self.cutoff - self.backend.timestamp_resolution
+        older_than = self.leftover_cutoff - self.backend.timestamp_resolution
         try:
             self.report.leftovers_removed = await self.backend.acleanup_leftovers(
-                older_than=older_than, dry_run=self.report.dry_run
+                older_than=older_than,
+                dry_run=self.report.dry_run,
+                prefix=self.policy.key_prefix,
+                in_use=self.options.in_use,
             )
         except Exception as exc:  # counted like a failed deletion; the report still comes back
             self.report.add_failure(_LEFTOVERS, f"{type(exc).__name__}: {exc}")

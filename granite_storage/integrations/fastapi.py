@@ -25,6 +25,10 @@ from starlette.responses import JSONResponse, Response
 
 from granite_storage.errors import ContentTooLargeError, StorageError, UploadValidationError
 from granite_storage.errors import InvalidUploadError as InvalidUploadError
+from granite_storage.integrations._fastapi_direct import DirectUploadScope as DirectUploadScope
+from granite_storage.integrations._fastapi_direct import (
+    direct_upload_router as direct_upload_router,
+)
 from granite_storage.integrations._fastapi_download import storage_response as storage_response
 from granite_storage.integrations._fastapi_pipe import UploadStore as UploadStore
 from granite_storage.integrations._fastapi_upload import StreamedUpload as StreamedUpload
@@ -32,9 +36,11 @@ from granite_storage.integrations._fastapi_upload import stream_upload as stream
 from granite_storage.integrations._fastapi_upload import stream_upload_to as stream_upload_to
 
 __all__ = [
+    "DirectUploadScope",
     "InvalidUploadError",
     "StreamedUpload",
     "UploadStore",
+    "direct_upload_router",
     "install_exception_handlers",
     "storage_error_response",
     "storage_response",

@@ -24,6 +24,7 @@ from granite_storage import StorageManager, StoragePolicy, StoredContentMixin, S
 from granite_storage.backends.memory import MemoryStorageBackend
 from granite_storage.contracts import (
     BatchDeleteResult,
+    InUse,
     ObjectInfo,
     ObjectReader,
     PutResult,
@@ -124,9 +125,13 @@ class CountingBackend(StorageBackend):
         self.deleted.extend(locations)
         return await self.inner.adelete_many(locations)
 
-    async def _acleanup_leftovers(self, older_than: datetime, dry_run: bool) -> int:
+    async def _acleanup_leftovers(
+        self, prefix: str | None, older_than: datetime, dry_run: bool, in_use: InUse
+    ) -> int:
         self.calls["leftovers"] += 1
-        return await self.inner.acleanup_leftovers(older_than=older_than, dry_run=dry_run)
+        return await self.inner.acleanup_leftovers(
+            older_than=older_than, dry_run=dry_run, prefix=prefix, in_use=in_use
+        )
 
     def _translate_errors(self, action: str, location: str | None) -> AbstractContextManager[None]:
         return self.inner._translate_errors(action, location)

@@ -11,12 +11,13 @@ parent kills it with SIGKILL: no ``finally``, no abort, no clean-up. Then:
   minimum age;
 * the next collection once it is older removes it, and nothing remains.
 
-Ageing: on local disk the temporary file's mtime is set two hours back with
+Ageing: a leftover is removed once idle for the leftover age (24 h). On
+local disk the temporary file's mtime is set 25 hours back with
 ``os.utime``. moto reports the same initiation time for every multipart
-upload, 2010-11-10T20:48:33Z, so on moto an abandoned upload is always older
-than any minimum age; the test proves that the age check is applied to S3
-leftovers by collecting first with a clock set just after that time (the
-upload is then too young and kept), and then with the real clock.
+upload, 2010-11-10T20:48:33Z, but its parts' real times; the test proves
+that the age check is applied to S3 leftovers by collecting first with a
+clock set just after that time (the upload is then too young and kept), and
+then with a clock a day ahead (its last part is then a day old).
 """
 
 from __future__ import annotations
@@ -136,8 +137,9 @@ async def test_local_upload_killed_midway(
     assert (young.scanned, young.deleted, young.leftovers_removed) == (0, 0, 0)
     assert await anyio.Path(temp).exists()  # too young: an upload may still be writing it
 
-    two_hours_ago = time.time() - 2 * 3600
-    await anyio.to_thread.run_sync(os.utime, temp, (two_hours_ago, two_hours_ago))
+    # Idle for longer than the leftover age (24 h by default): abandoned.
+    a_day_ago = time.time() - 25 * 3600
+    await anyio.to_thread.run_sync(os.utime, temp, (a_day_ago, a_day_ago))
     old = await gc.acollect(storage_key="docs", dry_run=False)
     assert (old.deleted, old.leftovers_removed, old.failed) == (0, 1, 0)
     leftovers = await anyio.to_thread.run_sync(lambda: sorted(files_under(root)))
@@ -192,7 +194,10 @@ async def test_s3_upload_killed_midway(
         assert (young.deleted, young.leftovers_removed) == (0, 0)
         assert len(await pending_uploads(moto, s3_bucket)) == len(uploads)
 
-        gc = StorageGarbageCollector(manager, no_references)
+        # A day later no part arrived any more: abandoned (the leftover age is 24 h).
+        gc = StorageGarbageCollector(
+            manager, no_references, clock=lambda: datetime.now(UTC) + timedelta(hours=25)
+        )
         old = await gc.acollect(storage_key="docs", dry_run=False)
         assert (old.deleted, old.leftovers_removed, old.failed) == (0, len(uploads), 0)
         remaining = await pending_uploads(moto, s3_bucket)

@@ -20,7 +20,8 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import InstanceState, Session, object_session
 
 from granite_storage.contracts import ObjectReader
-from granite_storage.errors import ObjectNotFoundError, StorageError
+from granite_storage.direct import DirectUpload
+from granite_storage.errors import InvalidLocationError, ObjectNotFoundError, StorageError
 from granite_storage.integrations.sqlalchemy._db import arun_in_session
 from granite_storage.integrations.sqlalchemy._mapping import (
     bind_of,
@@ -36,6 +37,7 @@ from granite_storage.integrations.sqlalchemy._plugin import (
     UploadClaim,
 )
 from granite_storage.integrations.sqlalchemy._tracking import track_release, track_upload
+from granite_storage.locations import is_under_prefix
 from granite_storage.manager import StorageManager
 from granite_storage.refs import StoredObjectRef
 from granite_storage.streams import ByteSource
@@ -279,9 +281,16 @@ class StoredContent:
 
     # -- internals -------------------------------------------------------------
 
+    async def aattach_direct_upload(self, upload: DirectUpload) -> StoredObjectRef:
+        """Complete a direct upload made for this field and instance, and assign
+        its ref as :meth:`aset_from_stream` would (the ledger claims it first).
+
+        :raises InvalidLocationError: if the upload belongs elsewhere."""
+        return (await self._astore(upload, filename=upload.original_filename)).new_ref
+
     async def _astore(
         self,
-        source: ByteSource,
+        source: ByteSource | DirectUpload,
         *,
         filename: str | None = None,
         content_type: str | None = None,
@@ -299,6 +308,14 @@ class StoredContent:
             entity_id=entity_id_of(state),
             field_name=self._spec.field_name,
         )
+        location = manager.new_location(**where, original_filename=filename)
+        if isinstance(source, DirectUpload):  # completed below, at its own location
+            directory = location.rsplit("/", 1)[0]
+            if source.storage_key != where["storage_key"] or not is_under_prefix(
+                source.location, directory
+            ):
+                raise InvalidLocationError(f"{source.location!r} is not {self._describe()}'s")
+            location = source.location
         session = object_session(self._instance)
         follow = None if session is None else self._follow(session)
         await self.aget_ref()  # load an expired column before the upload
@@ -309,19 +326,22 @@ class StoredContent:
             policy = manager.get_policy(where["storage_key"])
             claim = await plugin.aclaim_upload(
                 self._instance,
-                location=manager.new_location(**where, original_filename=filename),
+                location=location,
                 storage_key=policy.storage_key,
                 backend=manager.get_backend_for_policy(policy).backend_name,
             )
         try:
-            ref = await manager.aput_stream(
-                **where,
-                stream=source,
-                content_type=content_type,
-                original_filename=filename,
-                extra=extra,
-                location=None if claim is None else claim.location,
-            )
+            if isinstance(source, DirectUpload):
+                ref = await manager.acomplete_direct_upload(source)
+            else:
+                ref = await manager.aput_stream(
+                    **where,
+                    stream=source,
+                    content_type=content_type,
+                    original_filename=filename,
+                    extra=extra,
+                    location=None if claim is None else claim.location,
+                )
         except BaseException:
             if claim is not None:
                 await claim.aabandon()

@@ -13,7 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from granite_storage.contracts import BatchDeleteResult
 from granite_storage.errors import ConfigurationError, LockUnavailableError
-from granite_storage.gc import DEFAULT_MIN_AGE, GarbageCollectionReport, ReferenceSource
+from granite_storage.gc import (
+    DEFAULT_LEFTOVER_MIN_AGE,
+    DEFAULT_MIN_AGE,
+    GarbageCollectionReport,
+    ReferenceSource,
+)
 from granite_storage.gc._collector import BaseCollector
 from granite_storage.gc._deletions import adelete_counted, stop_at_cap
 from granite_storage.gc._report import ORPHAN_SAMPLE_SIZE
@@ -24,6 +29,7 @@ from granite_storage.integrations.sqlalchemy._ledger_sweep import (
     Won,
     count_candidates,
     forget,
+    intents,
     sample_candidates,
     win_candidates,
     win_locations,
@@ -85,7 +91,10 @@ class LedgerGarbageCollector(BaseCollector):
     :param batch_size: rows won per transaction (and objects per ``adelete_many``).
     :param cleanup_leftovers: let :meth:`acollect` remove stale temporary files
         and multipart uploads too (this lists them: off by default; the audit
-        always does it).
+        always does it). An incomplete upload whose intent the ledger holds
+        is never removed.
+    :param leftover_min_age: how long an incomplete upload must be idle before
+        it is removed (default 24 h).
     :param clock: returns the current time, timezone-aware.
     :raises ValueError: for a negative ``min_age`` or ``max_deletions``, or a
         ``batch_size`` below 1.
@@ -107,8 +116,11 @@ class LedgerGarbageCollector(BaseCollector):
         batch_size: int = 500,
         cleanup_leftovers: bool = False,
         clock: Callable[[], datetime] | None = None,
+        leftover_min_age: timedelta = DEFAULT_LEFTOVER_MIN_AGE,
     ) -> None:
-        super().__init__(manager, min_age, max_deletions, batch_size, cleanup_leftovers, clock)
+        super().__init__(
+            manager, min_age, max_deletions, batch_size, cleanup_leftovers, clock, leftover_min_age
+        )
         if not stored_ref_columns(reference_metadata):
             raise ConfigurationError(
                 "reference_metadata has no StoredObjectRefType column, so the collector could "
@@ -268,11 +280,15 @@ class LedgerGarbageCollector(BaseCollector):
                 await self._aforget(result.deleted)
             return result
 
+        async def in_use(locations: list[str]) -> list[str]:
+            return await arun_on_connection(bind, lambda c: intents(c, table, locations))
+
         options = RunOptions(
             iter_references=source,
             batch_size=self.batch_size,
             delete_concurrency=1,
             delete_batch=adelete_batch,
+            in_use=in_use,
         )
         audit = await CollectionRun(options, plan).arun()
         logger.info("%s", audit)

@@ -274,6 +274,19 @@ def forget(conn: Connection, table: Table, locations: Sequence[str]) -> None:
             )
 
 
+def intents(conn: Connection, table: Table, locations: Sequence[str]) -> list[str]:
+    """Which of ``locations`` the ledger holds an intent for (an upload that
+    may still be running: its incomplete upload is never a leftover)."""
+    found: list[str] = []
+    with conn.begin():
+        for batch in batched(sorted(locations)):
+            query = select(table.c.location).where(
+                table.c.location.in_(batch), table.c.state == LedgerState.INTENT.value
+            )
+            found.extend(conn.execute(query).scalars())
+    return found
+
+
 def count_candidates(
     conn: Connection, table: Table, *, storage_key: str, backend: str, cutoff: datetime
 ) -> tuple[int, int]:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import InstanceState, Mapper, QueryContext
 from sqlalchemy.orm.attributes import set_committed_value
 
 from granite_storage.contracts import ObjectReader
+from granite_storage.direct import DirectUpload
 from granite_storage.errors import ConfigurationError
 from granite_storage.integrations.sqlalchemy._content import (
     FieldSpec,
@@ -162,6 +163,11 @@ class StoredContentMixin:
         """Store a FastAPI/Starlette ``UploadFile``, read asynchronously from
         its start; its ``filename`` and ``content_type`` go into the ref."""
         return await self.stored_content.aset_from_uploadfile(upload_file, extra=extra)
+
+    async def aattach_direct_upload(self, upload: DirectUpload) -> StoredObjectRef:
+        """Complete a direct upload made for this row's field and set its ref
+        inside the session's transaction (see ``StoredContent.aattach_direct_upload``)."""
+        return await self.stored_content.aattach_direct_upload(upload)
 
     async def areplace_content(
         self, content: bytes | str, **options: Unpack[StoreOptions]
