@@ -1,0 +1,108 @@
+"""The one bridge of the sync entry point: an event loop in a thread of its own.
+
+A :class:`Portal` starts ``anyio.from_thread.start_blocking_portal`` on first
+use and runs coroutines of the async core there, one at a time per call,
+while the calling thread blocks. It refuses to run from a thread that runs an
+event loop: blocking there would stall that loop (or deadlock it, if the
+coroutine needed it), so the caller is told which coroutine to await instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from typing import Any, TypeVar
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from granite_storage._concurrency import aclose_quietly
+from granite_storage.errors import StorageError
+
+T = TypeVar("T")
+
+_END: Any = object()
+
+
+class SyncInEventLoopError(StorageError, RuntimeError):
+    """A blocking method of ``granite_storage.sync`` was called from a thread
+    that runs an event loop. Await the async method the message names instead
+    (or run the sync code in a worker thread, ``anyio.to_thread.run_sync``)."""
+
+
+def check_no_running_loop(sync_name: str, async_name: str) -> None:
+    """Raise :class:`SyncInEventLoopError` if this thread runs an event loop.
+
+    :param sync_name: the blocking method called, e.g. ``"StorageManager.put_bytes"``.
+    :param async_name: what to await instead, e.g. ``"manager.aput_bytes(...)"``.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise SyncInEventLoopError(
+        f"{sync_name}() was called inside a running event loop, where it would block "
+        f"the loop; await {async_name} instead (granite_storage.StorageManager is the "
+        "async manager), or call the sync method from a worker thread"
+    )
+
+
+class Portal:
+    """An event loop in a daemon thread, started on first :meth:`call` and
+    stopped by :meth:`close`. Thread-safe; :meth:`close` may be called twice,
+    and a closed portal starts again when it is used again."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._context: AbstractContextManager[BlockingPortal] | None = None
+        self._portal: BlockingPortal | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._portal is not None
+
+    def _started(self) -> BlockingPortal:
+        portal = self._portal
+        if portal is not None:
+            return portal
+        with self._lock:
+            if self._portal is None:
+                context = start_blocking_portal(name="granite-storage-sync")
+                self._portal = context.__enter__()
+                self._context = context
+            return self._portal
+
+    def call(self, func: Callable[[], Awaitable[T]]) -> T:
+        """Run ``await func()`` on the portal's loop; return its result."""
+        return self._started().call(func)
+
+    def wrap_async_context_manager(
+        self, context: AbstractAsyncContextManager[T]
+    ) -> AbstractContextManager[T]:
+        """A sync context manager that enters and exits ``context`` on the loop."""
+        return self._started().wrap_async_context_manager(context)
+
+    def iterate(self, iterator: AsyncIterator[T]) -> Iterator[T]:
+        """The items of ``iterator``, each fetched on the portal's loop; the
+        iterator is closed there when the generator ends or is closed."""
+        portal = self._started()
+        try:
+            while (item := portal.call(anext, iterator, _END)) is not _END:
+                yield item
+        finally:
+            if self._portal is portal:
+                portal.call(aclose_quietly, iterator)
+
+    def close(self, before: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Run ``await before()`` on the loop if it runs, then stop it."""
+        with self._lock:
+            context, portal = self._context, self._portal
+            self._context = self._portal = None
+        if context is None or portal is None:
+            return
+        try:
+            if before is not None:
+                portal.call(before)
+        finally:
+            context.__exit__(None, None, None)
