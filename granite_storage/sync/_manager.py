@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from functools import partial
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -141,20 +140,20 @@ class StorageManager:
         verify: bool = False,
         start: int = 0,
         end: int | None = None,
-        buffer_size: int = io.DEFAULT_BUFFER_SIZE,
-    ) -> io.BufferedReader:
+    ) -> PortalReader:
         """``ref``'s object as a read-only binary file; close it, or use
         ``with manager.open(ref) as file:``.
 
-        Reads fetch at most what they ask for (``read(n)``, ``readinto``;
-        iteration is by lines, as for any binary file), so reading in chunks
-        keeps memory bounded. ``read()`` returns everything left.
+        ``read(n)`` fetches at most ``n`` bytes (iteration is by lines, as for
+        any binary file), so reading in chunks keeps memory bounded;
+        ``read()`` returns everything left. Each call is one round trip to the
+        manager's loop: read in large pieces (a MiB) for speed.
 
         :raises ObjectNotFoundError: at once, if the object does not exist.
         """
         check_no_running_loop("StorageManager.open", "async with manager.aopen(ref)")
         opened = self._core.aopen(ref, verify=verify, start=start, end=end)
-        return io.BufferedReader(PortalReader(self._portal, opened), buffer_size)
+        return PortalReader(self._portal, opened)
 
     def delete(self, ref: StoredObjectRef) -> None:
         """Delete ``ref``'s object; deleting a missing object is not an error."""
@@ -165,7 +164,7 @@ class StorageManager:
         exists = partial(self._core.aexists, ref)
         return self.run("StorageManager.exists", "manager.aexists(ref)", exists)
 
-    def run(self, sync_name: str, async_name: str, call: Callable[[], Awaitable[T]]) -> T:
+    def run(self, sync_name: str, async_name: str, call: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """``await call()`` on this manager's loop, blocking until it is done.
 
         The other sync wrappers go through here. ``sync_name`` and
