@@ -21,6 +21,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from granite_storage import sync
 from granite_storage.sync import (
+    ChecksumMismatchError,
     ContentTooLargeError,
     LocalStorageBackend,
     ObjectNotFoundError,
@@ -323,3 +324,24 @@ def test_s3_round_trip_and_gc(s3_endpoint_url: str, s3_bucket: str) -> None:
     with pytest.raises(StorageError):
         manager.get(ref)  # after close a new loop starts, and the object is gone
     manager.close()
+
+
+def test_reads_ahead_in_order_whatever_the_mix_of_calls(manager: StorageManager) -> None:
+    content = b"".join(b"line %05d\n" % i for i in range(20_000))  # 220 KB
+    ref = manager.put_bytes(**PUT, entity_id=1, content=content)
+    with manager.open(ref) as file:
+        parts = [file.read(1000), file.read(1000), file.readline(), file.peek(1)[:0]]
+        parts += [file.read(7), file.read(50_000), file.read(50_000), file.read1(10)]
+        parts += [next(file), file.read()]
+        assert file.read(10) == b""
+    assert b"".join(parts) == content
+
+
+def test_verify_reports_a_mismatch_at_the_end_only(manager: StorageManager) -> None:
+    ref = manager.put_bytes(**PUT, entity_id=1, content=b"x" * 100_000)
+    wrong = ref.replace(checksum="sha256:" + "0" * 64)
+    with manager.open(wrong, verify=True) as file:
+        assert file.read(50_000) == b"x" * 50_000  # stopped early: nothing is raised
+    with pytest.raises(ChecksumMismatchError), manager.open(wrong, verify=True) as file:
+        while file.read(30_000):
+            pass
