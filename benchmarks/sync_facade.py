@@ -62,19 +62,8 @@ async def async_small(timer: Timer, *, root: str, count: int, size: int) -> None
     await manager.aclose()
 
 
-def sync_small(timer: Timer, *, root: str, count: int, size: int) -> None:
-    payload = random_block(size)
-    with _sync_manager(root) as manager:
-        manager.get(manager.put_bytes(**_PUT, entity_id="warm-up", content=payload))
-        with timer:
-            for index in range(count):
-                ref = manager.put_bytes(**_PUT, entity_id=index, content=payload)
-                data = manager.get(ref)
-    _check(data, payload)
-
-
-def legacy_small(timer: Timer, *, root: str, count: int, size: int) -> None:
-    manager = legacy_local_manager(root)
+def _round_trips(timer: Timer, manager: Any, count: int, size: int) -> None:
+    """``put_bytes`` + ``get`` ``count`` times with a sync manager (0.1.0's or ours)."""
     payload = random_block(size)
     manager.get(manager.put_bytes(**_PUT, entity_id="warm-up", content=payload))
     with timer:
@@ -82,6 +71,15 @@ def legacy_small(timer: Timer, *, root: str, count: int, size: int) -> None:
             ref = manager.put_bytes(**_PUT, entity_id=index, content=payload)
             data = manager.get(ref)
     _check(data, payload)
+
+
+def sync_small(timer: Timer, *, root: str, count: int, size: int) -> None:
+    with _sync_manager(root) as manager:
+        _round_trips(timer, manager, count, size)
+
+
+def legacy_small(timer: Timer, *, root: str, count: int, size: int) -> None:
+    _round_trips(timer, legacy_local_manager(root), count, size)
 
 
 async def async_upload(timer: Timer, *, source: str, root: str, expected: str) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
+import os
 import subprocess
 import sys
 import threading
 import tracemalloc
+import warnings
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +22,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from granite_storage import sync
+from granite_storage.errors import ConfigurationError
 from granite_storage.sync import (
     ChecksumMismatchError,
     ContentTooLargeError,
@@ -345,3 +348,48 @@ def test_verify_reports_a_mismatch_at_the_end_only(manager: StorageManager) -> N
     with pytest.raises(ChecksumMismatchError), manager.open(wrong, verify=True) as file:
         while file.read(30_000):
             pass
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_manager_used_before_a_fork_refuses_to_hang_in_the_child(
+    manager: StorageManager,
+) -> None:
+    ref = manager.put_bytes(**PUT, entity_id=1, content=b"x")  # started in the parent
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads running
+        pid = os.fork()
+    if pid == 0:  # the child: report what happened, then leave without cleanup
+        try:
+            manager.get(ref)
+            outcome = b"no error"
+        except ConfigurationError as exc:
+            outcome = b"refused" if b"forked" in str(exc).encode() else b"other message"
+        except BaseException as exc:
+            outcome = type(exc).__name__.encode()
+        os.write(write, outcome)
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        outcome = pipe.read()
+    os.waitpid(pid, 0)
+    assert outcome == b"refused"
+    assert manager.get(ref) == b"x"  # the parent is unaffected
+
+
+def test_refs_are_read_in_the_callers_thread_from_sync_executors_only(tmp_path: Path) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_engine("sqlite://")  # in memory: one connection, of this thread
+    _Base.metadata.create_all(engine)
+    ref = StoredObjectRef("docs", "local", "docs/a", 1, "sha256:00")
+    with Session(engine) as session:
+        session.add_all([_Doc(id=1, body_ref=ref), _Doc(id=2, body_ref=None)])
+        session.flush()
+        assert list(iter_model_storage_refs(session, _Doc, "body_ref", batch_size=1)) == [ref]
+    async_engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'a.db'}")
+    with pytest.raises(StorageError, match="AsyncSession"):
+        next(iter_model_storage_refs(async_engine, _Doc, "body_ref"))  # type: ignore[arg-type]
+    with pytest.raises(StorageError, match="not a mapped column"):
+        next(iter_model_storage_refs(engine, _Doc, "nope"))
+    engine.dispose()

@@ -6,26 +6,15 @@ from pathlib import Path
 
 from flask import Flask, Response, abort, request
 from sqlalchemy import create_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
+from sync_script import Base, Document  # the model of docs/snippets/sync_script.py
 
 from granite_storage.sync import (
     ContentTooLargeError,
     LocalStorageBackend,
     StorageManager,
     StoragePolicy,
-    StoredObjectRef,
-    StoredObjectRefType,
 )
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Document(Base):
-    __tablename__ = "document"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    file_ref: Mapped[StoredObjectRef | None] = mapped_column(StoredObjectRefType())
 
 
 # --8<-- [start:app]

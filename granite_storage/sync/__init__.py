@@ -44,7 +44,6 @@ from granite_storage.integrations.sqlalchemy import (
 from granite_storage.policy import StoragePolicy as StoragePolicy
 from granite_storage.refs import StoredObjectRef as StoredObjectRef
 from granite_storage.sync._gc import StorageGarbageCollector as StorageGarbageCollector
-from granite_storage.sync._gc import StorageRefs as StorageRefs
 from granite_storage.sync._gc import iter_model_storage_refs as iter_model_storage_refs
 from granite_storage.sync._manager import StorageManager as StorageManager
 from granite_storage.sync._portal import SyncInEventLoopError as SyncInEventLoopError
@@ -70,7 +69,6 @@ __all__ = [
     "StorageJSONType",
     "StorageManager",
     "StoragePolicy",
-    "StorageRefs",
     "StoredContentMixin",
     "StoredObjectRef",
     "StoredObjectRefType",

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import contextlib
+from collections.abc import Iterator
 from datetime import timedelta
 from functools import partial
 from typing import Any
 
+from sqlalchemy import Connection, Engine
+from sqlalchemy.orm import Session
+
 from granite_storage import gc
+from granite_storage.errors import ConfigurationError
 from granite_storage.integrations.sqlalchemy import refs
 from granite_storage.refs import StoredObjectRef
 from granite_storage.sync._manager import StorageManager
-from granite_storage.sync._portal import Portal, check_no_running_loop
+from granite_storage.sync._portal import check_no_running_loop
 
 
 class StorageGarbageCollector(gc.StorageGarbageCollector):
@@ -51,44 +56,38 @@ class StorageGarbageCollector(gc.StorageGarbageCollector):
         return self.sync_manager.run("StorageGarbageCollector.collect", "gc.acollect(...)", run)
 
 
-class StorageRefs:
-    """The non-null refs of one column, for a ``for`` loop or ``async for``.
-
-    A ``for`` loop fetches them in batches on an event loop of its own (one
-    per iteration); a collector iterates them asynchronously on its own loop.
-    """
-
-    def __init__(self, session: refs.Executor, model: type[Any], attr: str, batch_size: int):
-        self._args = (session, model, attr)
-        self._batch_size = batch_size
-
-    def __aiter__(self) -> AsyncIterator[StoredObjectRef]:
-        return refs.iter_model_storage_refs(*self._args, batch_size=self._batch_size)
-
-    def __iter__(self) -> Iterator[StoredObjectRef]:
-        check_no_running_loop("iter_model_storage_refs", "async for ref in iter_model_storage_refs")
-        return _iterate(self.__aiter__())
-
-
-def _iterate(iterator: AsyncIterator[StoredObjectRef]) -> Iterator[StoredObjectRef]:
-    portal = Portal()
-    try:
-        yield from portal.iterate(iterator)
-    finally:
-        portal.close()
-
-
 def iter_model_storage_refs(
-    db: refs.Executor,
+    db: Session | Connection | Engine,
     model: type[Any],
     ref_attr_name: str,
     *,
     batch_size: int = refs.DEFAULT_BATCH_SIZE,
-) -> StorageRefs:
-    """The non-null refs of ``model.<ref_attr_name>``, read from a sync
-    ``Session`` (or ``Connection``, ``Engine``) in batches of ``batch_size``.
+) -> Iterator[StoredObjectRef]:
+    """Yield the non-null refs of ``model.<ref_attr_name>`` from a sync
+    ``Session`` (or ``Connection``, ``Engine``), fetched in batches of
+    ``batch_size``, in the thread that iterates.
 
-    See ``granite_storage.integrations.sqlalchemy.iter_model_storage_refs``,
-    which this wraps.
+    The query is the async ``iter_model_storage_refs``'s (see
+    ``granite_storage.integrations.sqlalchemy``); it runs here, in the caller's
+    thread, because a sync session belongs to the thread that uses it (a
+    ``sqlite:///:memory:`` database exists in one connection of one thread).
+
+    :raises ConfigurationError: if ``model.<ref_attr_name>`` is not a
+        ``StoredObjectRefType`` column, ``batch_size`` < 1, or ``db`` is async.
     """
-    return StorageRefs(db, model, ref_attr_name, batch_size)
+    check_no_running_loop("iter_model_storage_refs", "async for ref in iter_model_storage_refs")
+    if not isinstance(db, Session | Connection | Engine):
+        raise ConfigurationError(
+            f"granite_storage.sync.iter_model_storage_refs reads a sync Session, Connection or "
+            f"Engine, not {type(db).__name__}: for an AsyncSession use "
+            "granite_storage.integrations.sqlalchemy.iter_model_storage_refs (async for)"
+        )
+    if batch_size < 1:
+        raise ConfigurationError(f"batch_size must be at least 1, got {batch_size}")
+    column = refs._ref_column(model, ref_attr_name)
+    statement = refs._refs_select(column).execution_options(yield_per=batch_size)
+    with contextlib.ExitStack() as stack:
+        executor = stack.enter_context(db.connect()) if isinstance(db, Engine) else db
+        result = stack.enter_context(contextlib.closing(executor.execute(statement)))
+        for batch in result.scalars().partitions(batch_size):
+            yield from (ref for ref in batch if isinstance(ref, StoredObjectRef))

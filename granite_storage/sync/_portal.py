@@ -10,20 +10,18 @@ coroutine needed it), so the caller is told which coroutine to await instead.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from granite_storage._concurrency import aclose_quietly
-from granite_storage.errors import StorageError
+from granite_storage.errors import ConfigurationError, StorageError
 
 T = TypeVar("T")
-
-_END: Any = object()
 
 
 class SyncInEventLoopError(StorageError, RuntimeError):
@@ -63,21 +61,24 @@ class Portal:
         self._context: AbstractContextManager[BlockingPortal] | None = None
         self._portal: BlockingPortal | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._portal is not None
+        self._pid = 0
 
     def _started(self) -> BlockingPortal:
         portal = self._portal
         if portal is not None:
+            if self._pid != os.getpid():
+                raise ConfigurationError(
+                    "this sync manager was used before the process forked (in a Celery or "
+                    "gunicorn master?), and its event loop thread does not exist in this "
+                    "child; create the manager in each worker process, or only use it there"
+                )
             return portal
         with self._lock:
             if self._portal is None:
                 context = start_blocking_portal(name="granite-storage-sync")
                 portal = context.__enter__()
                 self._loop = portal.call(_running_loop)
-                self._portal, self._context = portal, context
+                self._portal, self._context, self._pid = portal, context, os.getpid()
             return self._portal
 
     def call(self, func: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -102,17 +103,6 @@ class Portal:
     ) -> AbstractContextManager[T]:
         """A sync context manager that enters and exits ``context`` on the loop."""
         return self._started().wrap_async_context_manager(context)
-
-    def iterate(self, iterator: AsyncIterator[T]) -> Iterator[T]:
-        """The items of ``iterator``, each fetched on the portal's loop; the
-        iterator is closed there when the generator ends or is closed."""
-        portal = self._started()
-        try:
-            while (item := portal.call(anext, iterator, _END)) is not _END:
-                yield item
-        finally:
-            if self._portal is portal:
-                portal.call(aclose_quietly, iterator)
 
     def close(self, before: Callable[[], Awaitable[None]] | None = None) -> None:
         """Run ``await before()`` on the loop if it runs, then stop it."""

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sqlalchemy.exc import DBAPIError
 
 from granite_storage.errors import ConfigurationError
 from tests.compat import moto_server
@@ -31,14 +30,14 @@ class Expected:
     raises: type[BaseException] | tuple[type[BaseException], ...]
 
     def but_also(self, other: Expected) -> Expected:
-        return Expected(f"{self.reason}; once that is fixed: {other.reason}", self.raises)
+        return Expected(f"{self.reason}; past that: {other.reason}", self.raises)
 
 
 _S3_FILES = {"test_s3_backend.py", "test_s3_storage.py"}
 
 BACKENDS_ARE_ASYNC = Expected(
-    "0.2 changed on purpose: backends are async plug-ins (aput_stream, aopen, adelete, "
-    "aexists, aiter_objects) with no sync methods, and granite_storage.sync adds no sync "
+    "0.2 changed on purpose: backends are async (aput_stream, aopen, aget, adelete, "
+    "aexists, aiter_locations) with no sync methods, and granite_storage.sync adds no sync "
     "twin of them; sync code calls granite_storage.sync.StorageManager",
     AttributeError,
 )
@@ -67,13 +66,6 @@ DICTS_VALIDATED = Expected(
     "StoredObjectRef (validated, text cleaned for JSONB), so a copy is bound, not the dict",
     AssertionError,
 )
-SYNC_SESSIONS_IN_A_THREAD = Expected(
-    "0.2 changed on purpose: refs are read from a sync Session in a worker thread (the "
-    "async core's iter_model_storage_refs, which granite_storage.sync wraps); a "
-    "sqlite:///:memory: database exists once per connection, and SQLAlchemy gives each "
-    "thread its own, so such an engine needs poolclass=StaticPool",
-    DBAPIError,
-)
 MIXIN_PENDING = Expected(
     "not a 0.2 change: issue 18 item 2 (StoredContentMixin's 0.1.0 sync methods and a "
     "granite_storage.sync.StorageManager in configure_storage_manager) is not built yet",
@@ -82,10 +74,6 @@ MIXIN_PENDING = Expected(
 
 EXPECTED_FAILURES = {
     "test_gc.py::test_gc_detects_orphans": BACKENDS_ARE_ASYNC,
-    "test_integrations.py::test_iter_model_storage_refs_yields_stored_refs": (
-        SYNC_SESSIONS_IN_A_THREAD
-    ),
-    "test_integrations.py::test_iter_model_storage_refs_empty_table": SYNC_SESSIONS_IN_A_THREAD,
     **{
         f"test_local_backend.py::{name}": BACKENDS_ARE_ASYNC
         for name in (
