@@ -181,7 +181,9 @@ def test_every_blocking_method_refuses_a_running_event_loop(
         "aexists": lambda: manager.exists(ref),
         "aclose": manager.close,
         "acollect": lambda: collector.collect(storage_key="docs"),
-        "async for ref in": lambda: list(iter_model_storage_refs(engine, _Doc, "body_ref")),
+        "iter_model_storage_refs (async for)": lambda: list(
+            iter_model_storage_refs(engine, _Doc, "body_ref")
+        ),
     }
 
     async def call_each_in_the_loop() -> dict[str, str]:

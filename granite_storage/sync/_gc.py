@@ -53,7 +53,9 @@ class StorageGarbageCollector(gc.StorageGarbageCollector):
             min_age=min_age,
             max_deletions=max_deletions,
         )
-        return self.sync_manager.run("StorageGarbageCollector.collect", "gc.acollect(...)", run)
+        return self.sync_manager.run(
+            "StorageGarbageCollector.collect", "await gc.acollect(...)", run
+        )
 
 
 def iter_model_storage_refs(
@@ -75,7 +77,10 @@ def iter_model_storage_refs(
     :raises ConfigurationError: if ``model.<ref_attr_name>`` is not a
         ``StoredObjectRefType`` column, ``batch_size`` < 1, or ``db`` is async.
     """
-    check_no_running_loop("iter_model_storage_refs", "async for ref in iter_model_storage_refs")
+    check_no_running_loop(
+        "iter_model_storage_refs",
+        "use granite_storage.integrations.sqlalchemy.iter_model_storage_refs (async for)",
+    )
     if not isinstance(db, Session | Connection | Engine):
         raise ConfigurationError(
             f"granite_storage.sync.iter_model_storage_refs reads a sync Session, Connection or "

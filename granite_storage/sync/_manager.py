@@ -95,7 +95,7 @@ class StorageManager:
             original_filename=original_filename,
             extra=extra,
         )
-        return self.run("StorageManager.put_bytes", "manager.aput_bytes(...)", put)
+        return self.run("StorageManager.put_bytes", "await manager.aput_bytes(...)", put)
 
     def put_stream(
         self,
@@ -126,12 +126,12 @@ class StorageManager:
             original_filename=original_filename,
             extra=extra,
         )
-        return self.run("StorageManager.put_stream", "manager.aput_stream(...)", put)
+        return self.run("StorageManager.put_stream", "await manager.aput_stream(...)", put)
 
     def get(self, ref: StoredObjectRef, *, verify: bool = False) -> bytes:
         """The whole content of ``ref``'s object; see ``StorageManager.aget``."""
         get = partial(self._core.aget, ref, verify=verify)
-        return self.run("StorageManager.get", "manager.aget(ref)", get)
+        return self.run("StorageManager.get", "await manager.aget(ref)", get)
 
     def open(
         self,
@@ -151,32 +151,35 @@ class StorageManager:
 
         :raises ObjectNotFoundError: at once, if the object does not exist.
         """
-        check_no_running_loop("StorageManager.open", "async with manager.aopen(ref)")
+        check_no_running_loop("StorageManager.open", "use async with manager.aopen(ref)")
         opened = self._core.aopen(ref, verify=verify, start=start, end=end)
         return PortalReader(self._portal, opened)
 
     def delete(self, ref: StoredObjectRef) -> None:
         """Delete ``ref``'s object; deleting a missing object is not an error."""
-        self.run("StorageManager.delete", "manager.adelete(ref)", partial(self._core.adelete, ref))
+        self.run(
+            "StorageManager.delete", "await manager.adelete(ref)", partial(self._core.adelete, ref)
+        )
 
     def exists(self, ref: StoredObjectRef) -> bool:
         """Whether ``ref``'s object exists."""
         exists = partial(self._core.aexists, ref)
-        return self.run("StorageManager.exists", "manager.aexists(ref)", exists)
+        return self.run("StorageManager.exists", "await manager.aexists(ref)", exists)
 
-    def run(self, sync_name: str, async_name: str, call: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    def run(self, sync_name: str, instead: str, call: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """``await call()`` on this manager's loop, blocking until it is done.
 
-        The other sync wrappers go through here. ``sync_name`` and
-        ``async_name`` name the blocking method and what to await instead, for
-        the error raised when this is called inside an event loop.
+        The other sync wrappers go through here. ``sync_name`` names the
+        blocking method and ``instead`` what async code does instead
+        (``"await manager.aget(ref)"``), for the error raised when this is
+        called inside an event loop.
         """
-        check_no_running_loop(sync_name, async_name)
+        check_no_running_loop(sync_name, instead)
         return self._portal.call(call)
 
     def close(self) -> None:
         """Close the backends and stop the manager's loop. Safe to call twice."""
-        check_no_running_loop("StorageManager.close", "manager.aclose()")
+        check_no_running_loop("StorageManager.close", "await manager.aclose()")
         self._portal.close(self._core.aclose)
 
     def __enter__(self) -> Self:

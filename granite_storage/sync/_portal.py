@@ -30,11 +30,11 @@ class SyncInEventLoopError(StorageError, RuntimeError):
     (or run the sync code in a worker thread, ``anyio.to_thread.run_sync``)."""
 
 
-def check_no_running_loop(sync_name: str, async_name: str) -> None:
+def check_no_running_loop(sync_name: str, instead: str) -> None:
     """Raise :class:`SyncInEventLoopError` if this thread runs an event loop.
 
     :param sync_name: the blocking method called, e.g. ``"StorageManager.put_bytes"``.
-    :param async_name: what to await instead, e.g. ``"manager.aput_bytes(...)"``.
+    :param instead: what to do instead, e.g. ``"await manager.aput_bytes(...)"``.
     """
     try:
         asyncio.get_running_loop()
@@ -42,8 +42,8 @@ def check_no_running_loop(sync_name: str, async_name: str) -> None:
         return
     raise SyncInEventLoopError(
         f"{sync_name}() was called inside a running event loop, where it would block "
-        f"the loop; await {async_name} instead (granite_storage.StorageManager is the "
-        "async manager), or call the sync method from a worker thread"
+        f"the loop; {instead} instead, or call it from a worker thread "
+        "(anyio.to_thread.run_sync)"
     )
 
 
