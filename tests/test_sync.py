@@ -339,6 +339,7 @@ def test_reads_ahead_in_order_whatever_the_mix_of_calls(manager: StorageManager)
         parts += [file.read(7), file.read(50_000), file.read(50_000), file.read1(10)]
         parts += [next(file), file.read()]
         assert file.read(10) == b""
+    assert [len(part) for part in parts[4:7]] == [7, 50_000, 50_000]
     assert b"".join(parts) == content
 
 

@@ -144,10 +144,12 @@ class StorageManager:
         """``ref``'s object as a read-only binary file; close it, or use
         ``with manager.open(ref) as file:``.
 
-        ``read(n)`` fetches at most ``n`` bytes (iteration is by lines, as for
-        any binary file), so reading in chunks keeps memory bounded;
-        ``read()`` returns everything left. Each call is one round trip to the
-        manager's loop: read in large pieces (a MiB) for speed.
+        ``read(n)`` returns ``n`` bytes (fewer only at the end), and from the
+        first ``read(n)`` on the next pieces of ``n`` bytes are read ahead on
+        the manager's loop, at most two, so memory stays bounded by about
+        three times what you read at once; ``read()`` returns everything left,
+        and iteration is by lines, as for any binary file. Read in large
+        pieces (64 KiB to 1 MiB): each piece crosses between two threads.
 
         :raises ObjectNotFoundError: at once, if the object does not exist.
         """

@@ -98,6 +98,12 @@ class Portal:
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(func(), self._loop)
 
+    def call_soon(self, func: Callable[[], object]) -> None:
+        """Schedule ``func()`` on the portal's loop without waiting for it."""
+        self._started()
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(func)
+
     def wrap_async_context_manager(
         self, context: AbstractAsyncContextManager[T]
     ) -> AbstractContextManager[T]:

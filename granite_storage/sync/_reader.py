@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
-from concurrent.futures import Future
+import queue
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from functools import partial
 
 from granite_storage.contracts import ObjectReader
 from granite_storage.sync._portal import Portal
 
+#: Pieces read ahead of the caller, at most.
+_AHEAD = 2
+
 
 class PortalReader(io.BufferedIOBase):
     """A read-only binary file whose reads pull bytes from an
     :class:`~granite_storage.contracts.ObjectReader` on a portal's loop.
 
-    ``read(n)`` asks the object for ``n`` bytes and returns what it got
-    without copying it; after a full read of ``n`` bytes the next ``n`` are
-    read ahead on the loop while the caller works, so memory stays bounded
-    by twice what the caller reads at once. ``read()`` returns everything
-    left. ``peek`` keeps at most one chunk, which makes ``readline`` and line
-    iteration work as for any binary file. :meth:`close` closes the object on the loop.
+    From the first ``read(n)`` on, a task on the loop reads the object in
+    pieces of ``n`` bytes, at most two pieces ahead of the caller, so the
+    hand-over between threads overlaps the reading, and memory stays bounded
+    by three times what the caller reads at once. A piece is handed over
+    uncopied when the caller reads the same size again. ``read()`` returns
+    everything left; ``peek`` makes ``readline`` and line iteration work as
+    for any binary file. :meth:`close` stops the task and closes the object
+    on the loop.
     """
 
     def __init__(self, portal: Portal, opened: AbstractAsyncContextManager[ObjectReader]) -> None:
@@ -29,7 +35,10 @@ class PortalReader(io.BufferedIOBase):
         self._portal = portal
         self._context: AbstractContextManager[ObjectReader] | None = None
         self._pending = b""
-        self._ahead: Future[bytes] | None = None
+        self._pieces: queue.SimpleQueue[bytes | Exception] | None = None
+        self._room = asyncio.Semaphore(_AHEAD)
+        self._producer: asyncio.Task[None] | None = None
+        self._ended = False
         # Entered now, so that a missing object raises from open(), as in 0.1.0.
         context = portal.wrap_async_context_manager(opened)
         self._reader = context.__enter__()
@@ -43,32 +52,48 @@ class PortalReader(io.BufferedIOBase):
     def readable(self) -> bool:
         return True
 
-    def _call(self, size: int) -> bytes:
-        return self._portal.call(partial(self._reader.read, size))
-
-    def _settle(self) -> None:
-        """Wait for the read ahead, if one runs, and keep its bytes."""
+    def _next_piece(self, size: int) -> bytes:
+        """The next piece read ahead (``b""`` at the end); the first call starts
+        the reading, in pieces of ``size`` bytes."""
         if self.closed:
             raise ValueError("I/O operation on closed file")
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None:
-            self._pending += ahead.result()  # b"" + data is data, not a copy
+        if self._ended:
+            return b""
+        if self._pieces is None:
+            self._pieces = queue.SimpleQueue()
+            start = partial(_start, self._reader, size, self._pieces, self._room)
+            self._producer = self._portal.call(start)
+        piece = self._pieces.get()  # taken in this thread: no round trip to the loop
+        self._portal.call_soon(self._room.release)
+        if isinstance(piece, Exception):
+            self._ended = True
+            raise piece
+        self._ended = not piece
+        return piece
 
     def read(self, size: int | None = -1) -> bytes:
-        self._settle()
         pending = self._pending
-        if size is None or size < 0:
-            self._pending = b""
-            return pending + self._call(-1)
-        if len(pending) >= size:
+        if size is not None and 0 <= size <= len(pending):
             data, self._pending = pending[:size], pending[size:]
-        else:
-            self._pending = b""
-            data = pending + self._call(size - len(pending))
-        if size and len(data) == size and not self._pending:
-            # Read the next piece of the same size while the caller uses this one.
-            self._ahead = self._portal.submit(partial(self._reader.read, size))
-        return data
+            return data
+        self._pending = b""
+        if not pending and size is not None and size > 0:
+            piece = self._next_piece(size)
+            if len(piece) == size or not piece:
+                return piece  # the usual case: no copy
+            pending = piece
+        parts = [pending]
+        have = len(pending)
+        while (size is None or size < 0 or have < size) and (
+            piece := self._next_piece(size if size and size > 0 else self._reader.chunk_size)
+        ):
+            parts.append(piece)
+            have += len(piece)
+        data = b"".join(parts)
+        if size is None or size < 0 or have <= size:
+            return data
+        self._pending = data[size:]
+        return data[:size]
 
     def read1(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
@@ -76,22 +101,54 @@ class PortalReader(io.BufferedIOBase):
         return self.read(size)
 
     def peek(self, size: int = 0, /) -> bytes:
-        self._settle()
         if not self._pending:
-            self._pending = self._call(max(size, self._reader.chunk_size))
+            self._pending = self._next_piece(max(size, self._reader.chunk_size))
         return self._pending
 
     def close(self) -> None:
         context, self._context = self._context, None
-        ahead, self._ahead = self._ahead, None
+        producer, self._producer = self._producer, None
         try:
-            if ahead is not None:
-                # A read past the end (the caller stopped before it) may have
-                # raised, e.g. a checksum mismatch: not the caller's concern.
-                with contextlib.suppress(Exception):
-                    ahead.result()
+            if producer is not None:
+                self._portal.call(partial(_stop, producer))
             if context is not None:
                 context.__exit__(None, None, None)
         finally:
             self._pending = b""
             super().close()
+
+
+async def _start(
+    reader: ObjectReader,
+    size: int,
+    pieces: queue.SimpleQueue[bytes | Exception],
+    room: asyncio.Semaphore,
+) -> asyncio.Task[None]:
+    return asyncio.create_task(_produce(reader, size or reader.chunk_size, pieces, room))
+
+
+async def _produce(
+    reader: ObjectReader,
+    size: int,
+    pieces: queue.SimpleQueue[bytes | Exception],
+    room: asyncio.Semaphore,
+) -> None:
+    """Put ``size``-byte pieces into ``pieces``, while there is ``room``, until
+    the end (``b""``) or an error (handed over in place of the next piece)."""
+    try:
+        while True:
+            await room.acquire()
+            piece = await reader.read(size)
+            pieces.put(piece)
+            if not piece:
+                return
+    except Exception as exc:
+        pieces.put(exc)
+
+
+async def _stop(producer: asyncio.Task[None]) -> None:
+    producer.cancel()
+    # A read past where the caller stopped may have failed (a checksum
+    # mismatch at the end, say): not the caller's concern.
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await producer
