@@ -396,3 +396,20 @@ def test_refs_are_read_in_the_callers_thread_from_sync_executors_only(tmp_path: 
     with pytest.raises(StorageError, match="not a mapped column"):
         next(iter_model_storage_refs(engine, _Doc, "nope"))
     engine.dispose()
+
+
+def test_the_portal_never_waits_for_itself_on_its_own_thread(manager: StorageManager) -> None:
+    portal = manager._portal
+
+    async def wait_for_the_portal_from_its_loop() -> str:
+        try:
+            portal.call(_nothing)
+        except RuntimeError as exc:
+            return str(exc)
+        return "it waited"
+
+    assert "own thread" in portal.call(wait_for_the_portal_from_its_loop)
+
+
+async def _nothing() -> None:
+    pass

@@ -93,9 +93,16 @@ class Portal:
         return self.submit(func).result()
 
     def submit(self, func: Callable[[], Coroutine[Any, Any, T]]) -> Future[T]:
-        """Start ``await func()`` on the portal's loop; return its future."""
+        """Start ``await func()`` on the portal's loop; return its future.
+
+        :raises RuntimeError: on the portal's own thread, where waiting for
+            the future would block the loop that must complete it (a reader
+            closed by the garbage collector there, say).
+        """
         self._started()
         assert self._loop is not None
+        if asyncio._get_running_loop() is self._loop:
+            raise RuntimeError("cannot wait for the sync portal's loop on its own thread")
         return asyncio.run_coroutine_threadsafe(func(), self._loop)
 
     def call_soon(self, func: Callable[[], object]) -> None:
