@@ -21,8 +21,9 @@ T = TypeVar("T")
 
 
 class StorageManager:
-    """Blocking twin of :class:`granite_storage.StorageManager`, for sync code
-    (scripts, Celery tasks, Flask views, Alembic migrations).
+    """granite-storage 0.1.0's blocking manager, running the async
+    :class:`granite_storage.StorageManager`, for sync code (scripts, Celery
+    tasks, Flask views, Alembic migrations).
 
     It builds one async manager and runs each call on an event loop of its
     own, in a thread started on first use (``anyio``'s blocking portal).
@@ -33,7 +34,7 @@ class StorageManager:
 
     Calling a method from a thread that runs an event loop raises
     :class:`~granite_storage.sync.SyncInEventLoopError` (a ``StorageError``)
-    naming the coroutine to await instead.
+    that says what to await instead.
 
     Parameters and errors are those of the async manager; the methods are
     safe to call from several threads at once.
