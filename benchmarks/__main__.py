@@ -42,6 +42,12 @@ SCENARIOS = [
     Scenario("stream", "local stream upload", "benchmarks.local_upload:run_stream"),
     Scenario("concurrent", "concurrent local uploads", "benchmarks.local_upload:run_concurrent"),
     Scenario("small", "many small local uploads", "benchmarks.small_files:run"),
+    Scenario(
+        "sync",
+        "sync entry point vs the async core",
+        "benchmarks.sync_facade:run",
+        ("granite_storage.sync",),
+    ),
     Scenario("s3", "S3 upload through moto", "benchmarks.s3_upload:run",
              ("granite_storage.backends.s3",)),
     Scenario("gc-local", "GC of local objects", "benchmarks.gc_local:run",

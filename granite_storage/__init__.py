@@ -14,6 +14,7 @@ from granite_storage.errors import (
     ObjectNotFoundError,
     OperationNotSupportedError,
     StorageError,
+    SyncInEventLoopError,
     UnsafeCollectionError,
     UploadValidationError,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "StoredContentMixin",
     "StoredObjectRef",
     "StoredObjectRefType",
+    "SyncInEventLoopError",
     "UnsafeCollectionError",
     "UploadValidationError",
     "portable_storage_ref_type",

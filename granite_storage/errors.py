@@ -22,6 +22,7 @@ __all__ = [
     "ObjectNotFoundError",
     "OperationNotSupportedError",
     "StorageError",
+    "SyncInEventLoopError",
     "UnsafeCollectionError",
     "UploadValidationError",
 ]
@@ -184,6 +185,12 @@ class LockUnavailableError(StorageError):
     """The database lock a ledger collection needs could not be had in time
     (SQLite: another transaction holds the write lock). Nothing was changed;
     the collector stops and a later run tries again."""
+
+
+class SyncInEventLoopError(StorageError, RuntimeError):
+    """A blocking method of ``granite_storage.sync`` was called from a thread
+    that runs an event loop. Await the async method the message names instead
+    (or run the sync code in a worker thread, ``anyio.to_thread.run_sync``)."""
 
 
 class FactoryError(StorageError):

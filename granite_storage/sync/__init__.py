@@ -33,6 +33,7 @@ from granite_storage.errors import ContentTooLargeError as ContentTooLargeError
 from granite_storage.errors import InvalidLocationError as InvalidLocationError
 from granite_storage.errors import ObjectNotFoundError as ObjectNotFoundError
 from granite_storage.errors import StorageError as StorageError
+from granite_storage.errors import SyncInEventLoopError as SyncInEventLoopError
 from granite_storage.gc import GarbageCollectionReport as GarbageCollectionReport
 from granite_storage.integrations.sqlalchemy import ReplaceContentResult as ReplaceContentResult
 from granite_storage.integrations.sqlalchemy import StorageJSONType as StorageJSONType
@@ -46,7 +47,6 @@ from granite_storage.refs import StoredObjectRef as StoredObjectRef
 from granite_storage.sync._gc import StorageGarbageCollector as StorageGarbageCollector
 from granite_storage.sync._gc import iter_model_storage_refs as iter_model_storage_refs
 from granite_storage.sync._manager import StorageManager as StorageManager
-from granite_storage.sync._portal import SyncInEventLoopError as SyncInEventLoopError
 from granite_storage.sync._streams import SizeLimitedStream as SizeLimitedStream
 
 if TYPE_CHECKING:

@@ -19,15 +19,9 @@ from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from granite_storage.errors import ConfigurationError, StorageError
+from granite_storage.errors import ConfigurationError, SyncInEventLoopError
 
 T = TypeVar("T")
-
-
-class SyncInEventLoopError(StorageError, RuntimeError):
-    """A blocking method of ``granite_storage.sync`` was called from a thread
-    that runs an event loop. Await the async method the message names instead
-    (or run the sync code in a worker thread, ``anyio.to_thread.run_sync``)."""
 
 
 def check_no_running_loop(sync_name: str, instead: str) -> None:
