@@ -105,7 +105,16 @@ def edges() -> list[tuple[str, str]]:
 
 def test_the_table_is_read_and_names_every_layer_of_the_picture() -> None:
     layers = [layer for layer, _, _ in layer_table()]
-    assert layers == ["facades", "cli", "testing", "backends", "gc", "integrations", "core"]
+    assert layers == [
+        "facades",
+        "cli",
+        "sync",
+        "testing",
+        "backends",
+        "gc",
+        "integrations",
+        "core",
+    ]
     for _, _, allowed in layer_table():
         assert allowed <= set(layers)
     assert layer_of("granite_storage.manager") == "core"

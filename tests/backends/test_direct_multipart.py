@@ -78,7 +78,9 @@ async def everything(s3_client: Any, bucket: str) -> tuple[list[str], list[str]]
 
 
 async def test_upload_in_parts_resume_and_complete(manager: StorageManager) -> None:
-    data = bytes(range(256)) * (11 * MiB // 256)
+    # An ISO base media file type box first: the completed object is detected as video/mp4.
+    head = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"
+    data = head + bytes(range(256)) * (11 * MiB // 256 - 1)
     upload = await manager.acreate_direct_upload(
         storage_key="videos", original_filename="talk.mp4", size=len(data), **PLACE
     )
