@@ -170,6 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="stop after deleting N objects (the report says the run stopped early)",
     )
+    gc.add_argument(
+        "--backend-key",
+        default=None,
+        metavar="KEY",
+        help="collect the policy's prefix on this backend instead of the policy's own "
+        "(a backend the policy's objects are moving from or to)",
+    )
+    gc.add_argument(
+        "--delete-source",
+        action="store_true",
+        help="the last step of a move: on --backend-key, a backend the policy moved away "
+        "from, objects whose refs now name another backend (rewritten by `migrate` once "
+        "their copy was verified) count as orphans; still a dry run without --delete",
+    )
     gc.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     gc.add_argument("--json", action="store_true", help="print the report as JSON")
     gc.add_argument(
@@ -192,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Copy every object the policy's refs point to onto the backend registered as --to, "
             "verify each copy's sha256 against its ref, and make the refs name that backend, "
             "in small transactions. Resumable: a rerun skips what is done. Never deletes the "
-            "source. The factory yields (manager, iter_references, rewrite)."
+            "source (once the policy is switched, `gc --backend-key OLD --delete-source` "
+            "does, with the collector's safety rules). The factory yields (manager, "
+            "iter_references, rewrite)."
         ),
     )
     migrate.add_argument("factory", metavar="MODULE:FACTORY", help="import path of the factory")
@@ -315,6 +331,8 @@ async def _arun_migrate(args: argparse.Namespace, factory: Callable[[], Any]) ->
 
 async def _arun_gc(args: argparse.Namespace, factory: Callable[[], Any]) -> GarbageCollectionReport:
     async with _open_factory(args, factory) as value:
+        if isinstance(value, tuple) and len(value) == 3:
+            value = value[:2]  # migrate's factory: the rewrite is not needed here
         manager, iter_references = _unpack(args.factory, value)
         collector = StorageGarbageCollector(
             manager,
@@ -324,7 +342,12 @@ async def _arun_gc(args: argparse.Namespace, factory: Callable[[], Any]) -> Garb
             progress=None if args.quiet else _ProgressPrinter(sys.stderr, args.progress_interval),
             progress_every=1000,
         )
-        return await collector.acollect(storage_key=args.storage_key, dry_run=not args.delete)
+        return await collector.acollect(
+            storage_key=args.storage_key,
+            dry_run=not args.delete,
+            backend_key=args.backend_key,
+            delete_source=args.delete_source,
+        )
 
 
 def _unpack(spec: str, value: object) -> tuple[StorageManager, Any]:

@@ -94,6 +94,15 @@ class StorageBackend(DirectUploadSeam, abc.ABC):
     #: The granularity of :attr:`ObjectInfo.last_modified` (S3 has whole
     #: seconds). The garbage collector widens its age cutoff by this much.
     timestamp_resolution: timedelta = timedelta(0)
+
+    @property
+    def stores(self) -> tuple[StorageBackend, ...]:
+        """The backends whose storage this one writes to and deletes from: itself,
+        or, for a composite such as ``MirrorBackend``, the backends it wraps.
+        The garbage collector compares them before a collection that deletes the
+        source copies of moved objects."""
+        return (self,)
+
     #: Locations per :meth:`_adelete_batch` call (1: one delete at a time).
     delete_batch_size: int = 1
     #: How many :meth:`_adelete_batch` calls :meth:`adelete_many` runs at once.

@@ -107,6 +107,53 @@ async def test_each_backend_is_collected_in_its_own_scope_and_keeps_every_refere
     assert await manager.aget(refs[1]) == b"b"
 
 
+async def test_delete_source_collects_the_copies_of_moved_refs_only() -> None:
+    manager = two_backend_manager()
+    old, new = manager.backends["old"], manager.backends["new"]
+    moved, unmoved, legacy, orphan = [await put(manager, bytes([n])) for n in range(4)]
+    for ref in (moved, unmoved, legacy):  # all three are on "new" too, say by a mirror
+        await new.aput_stream(key=ref.location, chunks=_chunks(b"x"))
+    refs = [moved.replace(backend="new"), unmoved, legacy.replace(backend="local")]
+    switched = two_backend_manager("new")
+    switched.backends.update(manager.backends)  # the same stores, policy on "new"
+    gc = StorageGarbageCollector(switched, lambda: refs, min_age=timedelta(0))
+
+    dry = await gc.acollect(storage_key="docs", backend_key="old", delete_source=True)
+    done = await gc.acollect(
+        storage_key="docs", backend_key="old", delete_source=True, dry_run=False
+    )
+
+    assert (dry.orphaned, dry.deleted, done.deleted) == (2, 0, 2)
+    # Only a ref that names a backend by its key (what migrate writes after
+    # verifying the copy) releases the source; a backend_name protects as before.
+    assert not await old.aexists(moved) and not await old.aexists(orphan)
+    assert await old.aexists(unmoved) and await old.aexists(legacy)
+    assert all([await new.aexists(ref) for ref in (moved, unmoved, legacy)])
+    assert await switched.aget(refs[0]) == b"x"
+
+
+async def test_delete_source_refuses_what_could_delete_the_moved_copies() -> None:
+    from granite_storage.backends.mirror import MirrorBackend
+
+    manager = two_backend_manager()
+    gc = StorageGarbageCollector(manager, list, min_age=timedelta(0))
+    with pytest.raises(ConfigurationError, match="needs backend_key="):
+        await gc.acollect(storage_key="docs", delete_source=True)
+    with pytest.raises(ConfigurationError, match="switch the policy"):
+        await gc.acollect(storage_key="docs", backend_key="old", delete_source=True)
+    # Step 1 of a move: "old" is a mirror that also writes to "new".
+    new = NamedMemory()
+    mirrored = StorageManager(
+        {"old": MirrorBackend(NamedMemory(), new), "new": new},
+        {"docs": StoragePolicy(storage_key="docs", backend_key="new", key_prefix="docs")},
+    )
+    await mirrored.backends["old"].aput_stream(key="docs/doc/1/a", chunks=_chunks(b"a"))
+    gc = StorageGarbageCollector(mirrored, list, min_age=timedelta(0))
+    with pytest.raises(ConfigurationError, match="writes to the same storage as 'new'"):
+        await gc.acollect(storage_key="docs", backend_key="old", delete_source=True, dry_run=False)
+    assert await new.aexists(StoredObjectRef("docs", "new", "docs/doc/1/a", 1, ""))
+
+
 async def test_collecting_an_unknown_backend_is_a_configuration_error() -> None:
     gc = StorageGarbageCollector(two_backend_manager(), list, min_age=timedelta(0))
     with pytest.raises(ConfigurationError, match="unknown backend 'nope'"):

@@ -65,6 +65,10 @@ class MirrorBackend(StorageBackend):
         self.delete_batch_size = max(b.delete_batch_size for b in self.backends)
         self.delete_concurrency = min(b.delete_concurrency for b in self.backends)
 
+    @property
+    def stores(self) -> tuple[StorageBackend, ...]:
+        return tuple(store for backend in self.backends for store in backend.stores)
+
     def __repr__(self) -> str:
         return f"MirrorBackend({', '.join(map(repr, self.backends))})"
 

@@ -66,6 +66,7 @@ class BaseCollector(ABC):
         max_deletions: int | None = None,
         backend_key: str | None = None,
         leftover_min_age: timedelta | None = None,
+        delete_source: bool = False,
     ) -> GarbageCollectionReport:
         """Collect the orphans of one policy.
 
@@ -76,8 +77,19 @@ class BaseCollector(ABC):
         :param backend_key: collect the policy's prefix on this backend instead
             of the policy's own (a backend the policy's objects are moving
             from or to). Every ref protects its location on every backend,
-            whatever backend it names.
+            whatever backend it names (unless ``delete_source``).
         :param leftover_min_age: override the collector's leftover age for this run.
+        :param delete_source: the last step of a move (see "Moving between
+            backends"): on ``backend_key``, a backend the policy has moved away
+            from, a ref that names another registered backend by its key (what
+            ``granite-storage migrate`` writes once it has verified the copy there)
+            no longer protects its location, so the source copies of moved
+            objects are collected like orphans, with the usual grace period,
+            dry run and deletion cap. Refs that still name a backend by its
+            ``backend_name`` (not migrated, or written before the move) keep
+            protecting theirs. Refused unless ``backend_key`` is given, is not
+            the policy's backend, and shares no storage with the backends the
+            moved refs name (a ``MirrorBackend`` that still writes to the target).
         :returns: the report; failed deletions are counted in it, not raised.
         :raises StorageError: (a ``ConfigurationError``) for an unknown storage
             key; see the collector for the other errors it raises.
@@ -91,6 +103,7 @@ class BaseCollector(ABC):
             self._lists_backend,
             backend_key=backend_key,
             leftover_min_age=leftover_min_age,
+            delete_source=delete_source,
         )
         report = await self._arun(plan)
         logger.info("%s", report)
@@ -109,6 +122,7 @@ class BaseCollector(ABC):
         lists_backend: bool,
         backend_key: str | None = None,
         leftover_min_age: timedelta | None = None,
+        delete_source: bool = False,
     ) -> Plan:
         """Resolve the policy and its backend, apply the overrides, fix the start."""
         policy = self.manager.get_policy(storage_key)
@@ -122,6 +136,9 @@ class BaseCollector(ABC):
             backend = self.manager.backends[backend_key]
         if lists_backend:
             check_separable(self.manager, policy, backend)
+        released = (
+            released_backends(self.manager, policy, backend_key) if delete_source else frozenset()
+        )
         return Plan(
             policy=policy,
             backend=backend,
@@ -135,7 +152,47 @@ class BaseCollector(ABC):
                 self.leftover_min_age if leftover_min_age is None else leftover_min_age,
                 "leftover_min_age",
             ),
+            released_backends=released,
         )
+
+
+def released_backends(
+    manager: StorageManager, policy: StoragePolicy, backend_key: str | None
+) -> frozenset[str]:
+    """The backend keys whose refs protect nothing on ``backend_key`` in a
+    ``delete_source`` collection, after checking that such a collection is safe.
+
+    A ref names a backend by key (rule 1 of the manager's resolution) only when
+    ``granite-storage migrate`` verified its copy there; a ref that names a
+    ``backend_name`` keeps protecting its location everywhere.
+
+    :raises ConfigurationError: without ``backend_key``, when it is the policy's
+        own backend, or when it shares storage with a backend moved refs name.
+    """
+    if backend_key is None:
+        raise ConfigurationError(
+            "delete_source=True needs backend_key=: the backend the policy's objects "
+            "moved away from"
+        )
+    if backend_key == policy.backend_key:
+        raise ConfigurationError(
+            f"{backend_key!r} is still the backend of policy {policy.storage_key!r}: switch "
+            "the policy to the backend its objects moved to before deleting the sources"
+        )
+    own = manager.get_backend_for_policy(policy).backend_name
+    collected = manager.backends[backend_key]
+    released = frozenset(key for key in manager.backends if key not in (backend_key, own))
+    for key in sorted(released):
+        shared = {id(store) for store in collected.stores} & {
+            id(store) for store in manager.backends[key].stores
+        }
+        if shared:
+            raise ConfigurationError(
+                f"backend {backend_key!r} ({collected!r}) writes to the same storage as "
+                f"{key!r}: deleting its sources would delete moved objects too; register "
+                "the old backend on its own (not a MirrorBackend) for this collection"
+            )
+    return released
 
 
 class StorageGarbageCollector(BaseCollector):

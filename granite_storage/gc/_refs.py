@@ -51,10 +51,26 @@ class ReferenceIndex:
     referenced object.
     """
 
-    __slots__ = ("_hashes", "_prefix_slash", "referenced", "references_read", "storage_key")
+    __slots__ = (
+        "_hashes",
+        "_prefix_slash",
+        "_released",
+        "referenced",
+        "references_read",
+        "storage_key",
+    )
 
-    def __init__(self, *, storage_key: str, key_prefix: str | None) -> None:
+    def __init__(
+        self,
+        *,
+        storage_key: str,
+        key_prefix: str | None,
+        released_backends: frozenset[str] = frozenset(),
+    ) -> None:
         self.storage_key = storage_key
+        #: Refs naming one of these backend keys protect nothing (see
+        #: ``acollect(delete_source=True)``): their objects were moved there.
+        self._released = released_backends
         # Equivalent to locations.is_under_prefix(location, key_prefix) for a
         # validated prefix, computed once instead of once per ref.
         self._prefix_slash = f"{key_prefix}/" if key_prefix else ""
@@ -90,6 +106,8 @@ class ReferenceIndex:
         if ref.storage_key == self.storage_key:
             self.referenced += 1
         location = ref.location
+        if ref.backend in self._released:
+            return
         if location and location.startswith(self._prefix_slash):
             self._hashes.add(hash(location))
 

@@ -49,6 +49,8 @@ class Plan:
     now: datetime
     #: How long an incomplete upload must have been idle to be removed.
     leftover_min_age: timedelta = timedelta(hours=24)
+    #: Backend keys whose refs protect nothing on ``backend`` (``delete_source``).
+    released_backends: frozenset[str] = frozenset()
 
     @property
     def cutoff(self) -> datetime:
@@ -102,7 +104,9 @@ class CollectionRun:
         self.started = time.monotonic()
         self.report = plan.new_report()
         self.index = ReferenceIndex(
-            storage_key=plan.policy.storage_key, key_prefix=plan.policy.key_prefix
+            storage_key=plan.policy.storage_key,
+            key_prefix=plan.policy.key_prefix,
+            released_backends=plan.released_backends,
         )
         self.phase: Phase = "references"
         #: Listed objects per stream item: the listing buffers at most

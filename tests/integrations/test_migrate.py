@@ -304,13 +304,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 @asynccontextmanager
 async def factory() -> AsyncIterator[tuple[StorageManager, Any, RefRewriter]]:
-    """The command's factory: local disk ``old`` and ``new`` under $MIGRATE_ROOT, SQLite."""
+    """The command's factory: local disk ``old`` and ``new`` under $MIGRATE_ROOT, SQLite;
+    the policy on $MIGRATE_POLICY_BACKEND (default ``old``)."""
     root = Path(os.environ["MIGRATE_ROOT"])
+    policy_backend = os.environ.get("MIGRATE_POLICY_BACKEND", "old")
     engine = create_async_engine(f"sqlite+aiosqlite:///{root / 'app.db'}")
     try:
         async with StorageManager(
             {"old": LocalStorageBackend(root / "old"), "new": LocalStorageBackend(root / "new")},
-            {"docs": StoragePolicy(storage_key="docs", backend_key="old", key_prefix="docs")},
+            {
+                "docs": StoragePolicy(
+                    storage_key="docs", backend_key=policy_backend, key_prefix="docs"
+                )
+            },
         ) as manager:
             yield (
                 manager,
@@ -355,6 +361,27 @@ def test_the_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert (tmp_path / "new" / ref.location).read_bytes() == (
             tmp_path / "old" / ref.location
         ).read_bytes()
+
+    # The last step, once the policy is switched: the collector deletes the sources.
+    monkeypatch.setenv("MIGRATE_POLICY_BACKEND", "new")
+    gc = [sys.executable, "-m", "granite_storage", "gc", spec, "--storage-key", "docs"]
+    gc += ["--app-dir", str(REPO), "--min-age", "0", "--backend-key", "old", "--json"]
+    kept = subprocess.run([*gc, "--delete"], capture_output=True, text=True, check=False)
+    assert kept.returncode == 0, kept.stderr
+    assert json.loads(kept.stdout)["deleted"] == 0  # without --delete-source refs protect them
+    dry_delete = subprocess.run([*gc, "--delete-source"], capture_output=True, text=True)
+    dry_report = json.loads(dry_delete.stdout)
+    assert (dry_report["orphaned"], dry_report["eligible"], dry_report["deleted"]) == (3, 3, 0)
+    assert all((tmp_path / "old" / ref.location).exists() for ref in refs)
+    gone = subprocess.run([*gc, "--delete-source", "--delete"], capture_output=True, text=True)
+    assert gone.returncode == 0, gone.stderr
+    assert json.loads(gone.stdout)["deleted"] == 3
+    for ref in refs:
+        assert not (tmp_path / "old" / ref.location).exists()
+        assert (tmp_path / "new" / ref.location).exists()
+    monkeypatch.setenv("MIGRATE_POLICY_BACKEND", "old")
+    refused = subprocess.run([*gc, "--delete-source"], capture_output=True, text=True)
+    assert refused.returncode == 1 and "switch the policy" in refused.stderr
 
     unknown = cli(spec, "--storage-key", "docs", "--to", "nope")
     assert unknown.returncode == 1 and "unknown target backend" in unknown.stderr
