@@ -542,6 +542,27 @@ async def test_redirect_falls_back_to_streaming_when_the_backend_cannot_sign(
     assert (response.status_code, response.content) == (200, CONTENT)
 
 
+async def test_an_inline_text_ref_is_served_like_an_object_without_the_backend() -> None:
+    """A 0.1.0 inline-text ref: the manager reads its text, so every answer
+    is the usual one; there is nothing to sign, even where the backend signs."""
+    harness = Harness(can_sign=True)
+    text = "# Title\n\nBody ✓"
+    data = text.encode()
+    harness.ref = StoredObjectRef.from_dict({"storage_key": "docs", "legacy_inline_text": text})
+    async with harness.client() as client:
+        whole = await client.get("/object?redirect=1")
+        part = await client.get("/object", headers={"Range": "bytes=2-6"})
+        head = await client.head("/object")
+        past = await client.get("/object", headers={"Range": f"bytes={len(data)}-"})
+    assert (whole.status_code, whole.content) == (200, data)
+    assert whole.headers["content-length"] == head.headers["content-length"] == str(len(data))
+    assert (part.status_code, part.content) == (206, data[2:7])
+    assert part.headers["content-range"] == f"bytes 2-6/{len(data)}"
+    assert (head.status_code, head.content) == (200, b"")
+    assert past.status_code == 416 and past.headers["content-range"] == f"bytes */{len(data)}"
+    assert harness.backend.opened == 0 and await harness.stored_locations() == []
+
+
 def _download_scope(spec_version: str) -> dict[str, Any]:
     return {
         "type": "http",
