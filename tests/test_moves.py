@@ -6,10 +6,11 @@ from datetime import timedelta
 
 import pytest
 
-from granite_storage import StorageManager, StoragePolicy, StoredObjectRef
+from granite_storage import StorageManager, StoredObjectRef
 from granite_storage.backends.memory import MemoryStorageBackend
 from granite_storage.errors import ConfigurationError, InvalidLocationError, ObjectNotFoundError
 from granite_storage.gc import StorageGarbageCollector
+from granite_storage.testing import manager_for
 
 
 class NamedMemory(MemoryStorageBackend):
@@ -17,10 +18,9 @@ class NamedMemory(MemoryStorageBackend):
 
 
 def two_backend_manager(policy_backend: str = "old") -> StorageManager:
-    return StorageManager(
-        {"old": NamedMemory(), "new": NamedMemory(), "store": MemoryStorageBackend()},
-        {"docs": StoragePolicy(storage_key="docs", backend_key=policy_backend, key_prefix="docs")},
-    )
+    backends = {"old": NamedMemory(), "new": NamedMemory(), "store": MemoryStorageBackend()}
+    own = backends.pop(policy_backend)  # the policy's, under its key
+    return manager_for(own, "docs", backend_key=policy_backend, extra_backends=backends)
 
 
 async def put(manager: StorageManager, content: bytes = b"data") -> StoredObjectRef:

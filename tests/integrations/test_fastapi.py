@@ -22,7 +22,7 @@ from fastapi.responses import Response
 from starlette.types import Message
 
 from examples.fastapi_app import Settings, create_app
-from granite_storage import StorageManager, StoragePolicy, StoredObjectRef
+from granite_storage import StoragePolicy, StoredObjectRef
 from granite_storage.backends.memory import MemoryStorageBackend
 from granite_storage.contracts import ObjectReader, PutResult
 from granite_storage.errors import BackendError, OperationNotSupportedError
@@ -32,6 +32,7 @@ from granite_storage.integrations.fastapi import (
     stream_upload,
     stream_upload_to,
 )
+from granite_storage.testing import manager_for
 
 # Files sent by httpx always name their type: else httpx guesses it with
 # mimetypes, whose first use reads /etc/mime.types inside the event loop.
@@ -291,15 +292,14 @@ class Harness:
 
     def __init__(self, *, max_size: int | None = 256 * 1024, can_sign: bool = False) -> None:
         self.backend = TrackingBackend(can_sign=can_sign)
-        self.manager = StorageManager(
-            backends={"mem": self.backend},
+        self.manager = manager_for(
+            self.backend,
             # HTTP behaviour only: the declared type is kept as before.
             # Detection over HTTP: tests/integrations/test_fastapi_validation.py.
-            policies={
-                "docs": StoragePolicy(
-                    "docs", "mem", max_size=max_size, key_prefix="docs", detect_content_type=False
-                )
-            },
+            StoragePolicy(
+                "docs", "mem", max_size=max_size, key_prefix="docs", detect_content_type=False
+            ),
+            backend_key="mem",
             chunk_size=4096,
         )
         self.ref: StoredObjectRef | None = None
@@ -914,10 +914,8 @@ async def test_backpressure_keeps_the_buffer_bounded(form: bool) -> None:
     total = 400 * 1024
     upload: AsgiUpload | None = None
     backend = SlowBackend(lambda: upload.delivered if upload else 0)
-    manager = StorageManager(
-        backends={"slow": backend},
-        policies={"docs": StoragePolicy("docs", "slow")},
-        chunk_size=chunk_size,
+    manager = manager_for(
+        backend, StoragePolicy("docs", "slow"), backend_key="slow", chunk_size=chunk_size
     )
     app = FastAPI()
 
