@@ -21,7 +21,7 @@ import granite_storage.gc
 from granite_storage import StorageError, StorageManager, StoragePolicy, StoredObjectRef
 from granite_storage.backends.local import TEMP_DIR_NAME
 from granite_storage.backends.memory import MemoryStorageBackend
-from granite_storage.contracts import BatchDeleteResult, InUse
+from granite_storage.contracts import BatchDeleteResult, InUse, StorageBackend
 from granite_storage.errors import BackendError, ConfigurationError, UnsafeCollectionError
 from granite_storage.gc import (
     GarbageCollectionProgress,
@@ -170,28 +170,22 @@ async def test_policies_sharing_a_backend_without_separate_prefixes_are_refused(
     assert await backend.aexists(orphan)
 
 
+def unprefixed_a_and_b(one: StorageBackend, two: StorageBackend) -> StorageManager:
+    """Policy "a" on backend key "one", "b" on "two", neither with a prefix."""
+    policies = (StoragePolicy("a", "one"), StoragePolicy("b", "two"))
+    return manager_for(one, *policies, backend_key="one", extra_backends={"two": two})
+
+
 async def test_one_backend_instance_under_two_backend_keys_is_refused() -> None:
     backend = MemoryStorageBackend()
-    manager = manager_for(
-        backend,
-        StoragePolicy("a", "one"),
-        StoragePolicy("b", "two"),
-        backend_key="one",
-        extra_backends={"two": backend},
-    )
+    manager = unprefixed_a_and_b(backend, backend)
     with pytest.raises(UnsafeCollectionError):
         await StorageGarbageCollector(manager, list).acollect(storage_key="a")
 
 
 async def test_policies_on_separate_backends_need_no_prefix() -> None:
-    first, second = MemoryStorageBackend(), MemoryStorageBackend()
-    manager = manager_for(
-        first,
-        StoragePolicy("a", "one"),
-        StoragePolicy("b", "two"),
-        backend_key="one",
-        extra_backends={"two": second},
-    )
+    second = MemoryStorageBackend()
+    manager = unprefixed_a_and_b(MemoryStorageBackend(), second)
     await manager.aput_bytes(
         storage_key="b", model_name="m", entity_id=1, field_name="f", content=b""
     )
