@@ -317,7 +317,8 @@ class StorageManager(PresignedTransfers, DirectUploads):
 class _InlineText:
     """The content of a 0.1.0 inline-text ref, held by the ref itself (see
     :attr:`StoredObjectRef.legacy_inline_text`): read from memory, always
-    there, nothing stored to delete. Answers as a backend would."""
+    there, nothing stored to delete, no checksum to verify. Answers as a
+    backend would."""
 
     def __init__(self, text: str) -> None:
         self._data = text.encode()
