@@ -278,11 +278,7 @@ class StorageManager(PresignedTransfers, DirectUploads):
         :raises ChecksumMismatchError: with ``verify=True``, at the end of a
             whole read whose bytes differ from the ref.
         """
-        inline = ref.legacy_inline_text
-        if inline is not None:
-            return nullcontext(BytesReader(inline.encode()[start:end]))
-        _, backend = self._resolve(ref)
-        return backend.aopen(ref, verify=verify, start=start, end=end)
+        return self._holder(ref).aopen(ref, verify=verify, start=start, end=end)
 
     async def aget(self, ref: StoredObjectRef, *, verify: bool = False) -> bytes:
         """The whole content of ``ref``'s object. See :meth:`aopen`."""
@@ -291,17 +287,17 @@ class StorageManager(PresignedTransfers, DirectUploads):
 
     async def adelete(self, ref: StoredObjectRef) -> None:
         """Delete ``ref``'s object. Deleting a missing object is not an error."""
-        if ref.legacy_inline_text is not None:
-            return
-        _, backend = self._resolve(ref)
-        await backend.adelete(ref)
+        await self._holder(ref).adelete(ref)
 
     async def aexists(self, ref: StoredObjectRef) -> bool:
         """Whether ``ref``'s object exists."""
-        if ref.legacy_inline_text is not None:
-            return True
-        _, backend = self._resolve(ref)
-        return await backend.aexists(ref)
+        return await self._holder(ref).aexists(ref)
+
+    def _holder(self, ref: StoredObjectRef) -> StorageBackend | _InlineText:
+        """What holds ``ref``'s content: the text of a 0.1.0 inline-text ref,
+        else its backend (after :meth:`_resolve` checked the ref, before any I/O)."""
+        text = ref.legacy_inline_text
+        return _InlineText(text) if text is not None else self._resolve(ref)[1]
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -316,3 +312,26 @@ class StorageManager(PresignedTransfers, DirectUploads):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+class _InlineText:
+    """The content of a 0.1.0 inline-text ref, held by the ref itself (see
+    :attr:`StoredObjectRef.legacy_inline_text`): read from memory, always
+    there, nothing stored to delete, no checksum to verify. Answers as a
+    backend would."""
+
+    def __init__(self, text: str) -> None:
+        self._data = text.encode()
+
+    def aopen(
+        self, ref: StoredObjectRef, *, verify: bool = False, start: int = 0, end: int | None = None
+    ) -> AbstractAsyncContextManager[ObjectReader]:
+        if start < 0 or (end is not None and end < start):
+            raise ValueError(f"invalid byte range start={start} end={end}")
+        return nullcontext(BytesReader(self._data[start:end]))
+
+    async def aexists(self, ref: StoredObjectRef) -> bool:
+        return True
+
+    async def adelete(self, ref: StoredObjectRef) -> None:
+        return None

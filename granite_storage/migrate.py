@@ -230,7 +230,7 @@ class _Run:
 
     async def _amove(self, ref: StoredObjectRef) -> None:
         report = self.report
-        if ref.backend == report.target or not ref.location:
+        if ref.backend == report.target or not ref.has_object:
             report.skipped += 1
             return
         try:

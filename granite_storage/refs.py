@@ -67,16 +67,24 @@ class StoredObjectRef:
         return hash((self.storage_key, self.backend, self.location, self.checksum))
 
     @property
+    def has_object(self) -> bool:
+        """Whether a backend holds this ref's object (the ref has a location).
+
+        False for a 0.1.0 inline-text ref (see :attr:`legacy_inline_text`):
+        its text is the content, so there is nothing stored to protect, sweep
+        or delete. The manager still reads it (from memory).
+        """
+        return bool(self.location)
+
+    @property
     def legacy_inline_text(self) -> str | None:
         """Inline text kept by a 0.1.0 text-to-ref migration, if this ref is one.
 
-        Such refs have no location: the text itself is the content. Unpaired
+        Such refs have no location: the text itself is the content, and
+        :meth:`from_dict` sets ``size`` to its length in UTF-8. Unpaired
         surrogates (which UTF-8 cannot encode) read as U+FFFD.
         """
-        if self.location or not self.extra:
-            return None
-        text = self.extra.get(LEGACY_INLINE_TEXT_KEY)
-        return _SURROGATES.sub("\ufffd", text) if isinstance(text, str) else None
+        return None if self.location else _inline_text(self.extra)
 
     def replace(self, **changes: Any) -> StoredObjectRef:
         """A copy of this ref with ``changes`` applied."""
@@ -103,8 +111,8 @@ class StoredObjectRef:
 
         Unknown keys are ignored. A dict without a ``location`` (such as the
         ``{"legacy_inline_text": ...}`` rows of 0.1.0's text-to-ref migration)
-        loads as a ref with an empty location whose ``extra`` keeps the dict;
-        see :attr:`legacy_inline_text`.
+        loads as a ref with an empty location whose ``extra`` keeps the dict
+        and whose ``size`` is its inline text's; see :attr:`legacy_inline_text`.
 
         :raises StorageError: if ``data`` is not a mapping or a field has the
             wrong type.
@@ -114,11 +122,12 @@ class StoredObjectRef:
                 f"a stored object ref must be a JSON object, got {type(data).__name__}"
             )
         if "location" not in data:
+            text = _inline_text(data)
             return cls(
                 storage_key=str(data.get("storage_key") or ""),
                 backend=str(data.get("backend") or ""),
                 location="",
-                size=0,
+                size=0 if text is None else len(text.encode()),
                 checksum="",
                 extra=dict(data),
             )
@@ -138,6 +147,11 @@ class StoredObjectRef:
             )
         except (TypeError, ValueError, OverflowError) as exc:  # Overflow: a size of Infinity
             raise StorageError(f"invalid stored object ref {dict(data)!r}: {exc}") from exc
+
+
+def _inline_text(data: Mapping[str, Any] | None) -> str | None:
+    text = data.get(LEGACY_INLINE_TEXT_KEY) if data else None
+    return _SURROGATES.sub("\ufffd", text) if isinstance(text, str) else None
 
 
 def _str(value: Any) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,12 +20,13 @@ from pathlib import Path
 import anyio.to_thread
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from granite_storage import StorageManager, StoragePolicy, StoredObjectRef
+from granite_storage import StorageManager, StoredObjectRef
 from granite_storage.backends.local import LocalStorageBackend
 from granite_storage.backends.memory import MemoryStorageBackend
-from granite_storage.contracts import BatchDeleteResult, ObjectInfo, StorageBackend
+from granite_storage.contracts import BatchDeleteResult, ObjectInfo
 from granite_storage.errors import BackendError
 from granite_storage.integrations.sqlalchemy import StoredObjectRefType
+from granite_storage.testing import manager_for, memory_manager
 
 OLD = timedelta(hours=2)
 
@@ -116,12 +117,9 @@ async def aset_mtime(path: Path, when: datetime) -> None:
     await anyio.to_thread.run_sync(os.utime, path, (stamp, stamp))
 
 
-def make_store(
-    kind: str,
-    tmp_path: Path,
-    policies: Mapping[str, StoragePolicy] | None = None,
-) -> Store:
-    """A store on ``kind`` ("memory" or "local") with policies over backend "main"."""
+def make_store(kind: str, tmp_path: Path) -> Store:
+    """A store on ``kind`` ("memory" or "local") with policies "docs" and
+    "docs2" (each under its own prefix) over backend "main"."""
     clock = Clock()
     backend: FailingMemoryBackend | FailingLocalBackend
     root = None
@@ -130,12 +128,7 @@ def make_store(
     else:
         root = tmp_path / "storage"
         backend = FailingLocalBackend(root)
-    if policies is None:
-        policies = {
-            "docs": StoragePolicy("docs", "main", key_prefix="docs"),
-            "docs2": StoragePolicy("docs2", "main", key_prefix="docs2"),
-        }
-    manager = StorageManager(backends={"main": backend}, policies=policies)
+    manager = manager_for(backend, "docs", "docs2")
     return Store(kind=kind, backend=backend, manager=manager, clock=clock, root=root)
 
 
@@ -179,13 +172,6 @@ class ListingBackend(MemoryStorageBackend):
             self.in_flight -= 1
 
 
-def single_backend_manager(backend: StorageBackend, prefix: str | None = "docs") -> StorageManager:
-    return StorageManager(
-        backends={"main": backend},
-        policies={"docs": StoragePolicy("docs", "main", key_prefix=prefix)},
-    )
-
-
 # --------------------------------------------------------------------------- CLI factories
 
 #: Where the CLI test factories below keep their objects.
@@ -204,10 +190,7 @@ class UndeletableLocalBackend(LocalStorageBackend):
 async def failing_storage() -> AsyncIterator[tuple[StorageManager, object]]:
     """A factory whose deletions all fail (the CLI must exit 1)."""
     backend = UndeletableLocalBackend(os.environ[CLI_ROOT_ENV], fsync=False)
-    manager = StorageManager(
-        backends={"local": backend},
-        policies={"documents": StoragePolicy("documents", "local", key_prefix="documents")},
-    )
+    manager = manager_for(backend, "documents", backend_key="local")
     async with manager:
         yield manager, list
 
@@ -220,7 +203,7 @@ def not_a_context_manager() -> int:
 @asynccontextmanager
 async def yields_only_the_manager() -> AsyncIterator[StorageManager]:
     """A factory that yields the wrong shape (the CLI must exit 2)."""
-    yield StorageManager(backends={}, policies={})
+    yield memory_manager("documents")
 
 
 # --------------------------------------------------------------------------- database models

@@ -21,7 +21,7 @@ import granite_storage.gc
 from granite_storage import StorageError, StorageManager, StoragePolicy, StoredObjectRef
 from granite_storage.backends.local import TEMP_DIR_NAME
 from granite_storage.backends.memory import MemoryStorageBackend
-from granite_storage.contracts import BatchDeleteResult, InUse
+from granite_storage.contracts import BatchDeleteResult, InUse, StorageBackend
 from granite_storage.errors import BackendError, ConfigurationError, UnsafeCollectionError
 from granite_storage.gc import (
     GarbageCollectionProgress,
@@ -33,6 +33,7 @@ from granite_storage.integrations.sqlalchemy import (
     iter_metadata_storage_refs,
     iter_model_storage_refs,
 )
+from granite_storage.testing import manager_for
 from tests.backends.conftest import open_s3_backend
 from tests.gc_support import (
     OLD,
@@ -153,12 +154,10 @@ async def test_policies_sharing_a_backend_without_separate_prefixes_are_refused(
     prefix_a: str | None, prefix_b: str | None
 ) -> None:
     backend = MemoryStorageBackend()
-    manager = StorageManager(
-        backends={"main": backend},
-        policies={
-            "a": StoragePolicy("a", "main", key_prefix=prefix_a),
-            "b": StoragePolicy("b", "main", key_prefix=prefix_b),
-        },
+    manager = manager_for(
+        backend,
+        StoragePolicy("a", "main", key_prefix=prefix_a),
+        StoragePolicy("b", "main", key_prefix=prefix_b),
     )
     orphan = await manager.aput_bytes(
         storage_key="b", model_name="m", entity_id=1, field_name="f", content=b"b"
@@ -171,22 +170,22 @@ async def test_policies_sharing_a_backend_without_separate_prefixes_are_refused(
     assert await backend.aexists(orphan)
 
 
+def unprefixed_a_and_b(one: StorageBackend, two: StorageBackend) -> StorageManager:
+    """Policy "a" on backend key "one", "b" on "two", neither with a prefix."""
+    policies = (StoragePolicy("a", "one"), StoragePolicy("b", "two"))
+    return manager_for(one, *policies, backend_key="one", extra_backends={"two": two})
+
+
 async def test_one_backend_instance_under_two_backend_keys_is_refused() -> None:
     backend = MemoryStorageBackend()
-    manager = StorageManager(
-        backends={"one": backend, "two": backend},
-        policies={"a": StoragePolicy("a", "one"), "b": StoragePolicy("b", "two")},
-    )
+    manager = unprefixed_a_and_b(backend, backend)
     with pytest.raises(UnsafeCollectionError):
         await StorageGarbageCollector(manager, list).acollect(storage_key="a")
 
 
 async def test_policies_on_separate_backends_need_no_prefix() -> None:
-    first, second = MemoryStorageBackend(), MemoryStorageBackend()
-    manager = StorageManager(
-        backends={"one": first, "two": second},
-        policies={"a": StoragePolicy("a", "one"), "b": StoragePolicy("b", "two")},
-    )
+    second = MemoryStorageBackend()
+    manager = unprefixed_a_and_b(MemoryStorageBackend(), second)
     await manager.aput_bytes(
         storage_key="b", model_name="m", entity_id=1, field_name="f", content=b""
     )
@@ -200,13 +199,7 @@ async def test_policies_on_separate_backends_need_no_prefix() -> None:
 async def test_a_listing_beyond_the_prefix_is_never_acted_on() -> None:
     clock = Clock()
     backend = ListingBackend(clock=clock, ignore_prefix=True)
-    manager = StorageManager(
-        backends={"main": backend},
-        policies={
-            "docs": StoragePolicy("docs", "main", key_prefix="docs"),
-            "docs2": StoragePolicy("docs2", "main", key_prefix="docs2"),
-        },
-    )
+    manager = manager_for(backend, "docs", "docs2")
     outside = await manager.aput_bytes(
         storage_key="docs2", model_name="m", entity_id=1, field_name="f", content=b""
     )
@@ -253,9 +246,7 @@ async def test_the_backend_timestamp_resolution_is_allowed_for() -> None:
     start = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
     clock = Clock()
     backend = CoarseMemoryBackend(clock=clock)
-    manager = StorageManager(
-        backends={"main": backend}, policies={"docs": StoragePolicy("docs", "main")}
-    )
+    manager = manager_for(backend, StoragePolicy("docs", "main"))
     written = {}
     for name, seconds_before_cutoff in (("borderline", 0.5), ("exact", 1.0), ("old", 1.5)):
         clock.now = start - timedelta(minutes=10, seconds=seconds_before_cutoff)
@@ -359,9 +350,7 @@ async def test_a_batch_that_raises_counts_every_location_as_failed() -> None:
             raise BackendError("the whole request failed")
 
     backend = BrokenBatches()
-    manager = StorageManager(
-        backends={"main": backend}, policies={"docs": StoragePolicy("docs", "main")}
-    )
+    manager = manager_for(backend, StoragePolicy("docs", "main"))
     for i in range(3):
         await manager.aput_bytes(
             storage_key="docs", model_name="m", entity_id=i, field_name="f", content=b""
@@ -375,9 +364,7 @@ async def test_a_batch_that_raises_counts_every_location_as_failed() -> None:
 
 async def test_deletions_run_in_bounded_concurrent_batches() -> None:
     backend = ListingBackend(clock=Clock())
-    manager = StorageManager(
-        backends={"main": backend}, policies={"docs": StoragePolicy("docs", "main")}
-    )
+    manager = manager_for(backend, StoragePolicy("docs", "main"))
     for i in range(23):
         await manager.aput_bytes(
             storage_key="docs", model_name="m", entity_id=i, field_name="f", content=b"ab"
@@ -491,9 +478,7 @@ async def test_references_from_an_async_iterable(store: Store) -> None:
 
 async def test_references_are_read_while_the_listing_waits_in_a_bounded_buffer() -> None:
     backend = ListingBackend(clock=Clock())
-    manager = StorageManager(
-        backends={"main": backend}, policies={"docs": StoragePolicy("docs", "main")}
-    )
+    manager = manager_for(backend, StoragePolicy("docs", "main"))
     refs = [
         await manager.aput_bytes(
             storage_key="docs", model_name="m", entity_id=i, field_name="f", content=b""
@@ -559,9 +544,7 @@ async def test_a_failing_reference_source_deletes_nothing(store: Store) -> None:
 
 async def test_a_failing_listing_raises_its_error_and_deletes_nothing() -> None:
     backend = ListingBackend(clock=Clock(), fail_after=1)
-    manager = StorageManager(
-        backends={"main": backend}, policies={"docs": StoragePolicy("docs", "main")}
-    )
+    manager = manager_for(backend, StoragePolicy("docs", "main"))
     for i in range(3):
         await manager.aput_bytes(
             storage_key="docs", model_name="m", entity_id=i, field_name="f", content=b""
@@ -638,10 +621,7 @@ async def test_leftovers_get_the_cutoff_and_the_dry_run_flag() -> None:
             return 4
 
     start = datetime(2030, 1, 1, tzinfo=UTC)
-    manager = StorageManager(
-        backends={"main": WithLeftovers()},
-        policies={"docs": StoragePolicy("docs", "main", key_prefix="docs")},
-    )
+    manager = manager_for(WithLeftovers(), "docs")
     gc = StorageGarbageCollector(manager, list, clock=lambda: start)
     assert (await gc.acollect(storage_key="docs")).leftovers_removed == 4
     report = await gc.acollect(storage_key="docs", dry_run=False, min_age=NOW)
@@ -666,9 +646,7 @@ async def test_a_failing_leftover_cleanup_is_reported_not_raised() -> None:
         ) -> int:
             raise BackendError("permission denied")
 
-    manager = StorageManager(
-        backends={"main": BrokenLeftovers()}, policies={"docs": StoragePolicy("docs", "main")}
-    )
+    manager = manager_for(BrokenLeftovers(), StoragePolicy("docs", "main"))
     report = await StorageGarbageCollector(manager, list).acollect(storage_key="docs")
     assert report.failed == 1
     assert "permission denied" in report.failures[0][1]
@@ -697,9 +675,7 @@ async def test_progress_reports_each_phase(store: Store) -> None:
 async def test_many_objects_and_references() -> None:
     """Linear work: 10,000 objects against 5,000 refs."""
     backend = MemoryStorageBackend()
-    manager = StorageManager(
-        backends={"main": backend}, policies={"docs": StoragePolicy("docs", "main", key_prefix="d")}
-    )
+    manager = manager_for(backend, StoragePolicy("docs", "main", key_prefix="d"))
     refs = [
         await manager.aput_bytes(
             storage_key="docs", model_name="m", entity_id=i, field_name="f", content=b""
@@ -722,9 +698,7 @@ async def test_a_naive_clock_is_refused(store: Store) -> None:
 
 @pytest.mark.parametrize("bad", [{"min_age": timedelta(seconds=-1)}, {"max_deletions": -1}])
 def test_invalid_settings_are_refused(bad: dict[str, object]) -> None:
-    manager = StorageManager(
-        backends={"main": MemoryStorageBackend()}, policies={"docs": StoragePolicy("docs", "main")}
-    )
+    manager = manager_for(MemoryStorageBackend(), StoragePolicy("docs", "main"))
     with pytest.raises(ValueError, match="must not be negative"):
         StorageGarbageCollector(manager, list, **bad)  # type: ignore[arg-type]
 
@@ -799,13 +773,7 @@ async def s3_store(
     endpoint_url: str, bucket: str, session: Any
 ) -> AsyncIterator[tuple[S3StorageBackend, StorageManager]]:
     async with open_s3_backend(endpoint_url, bucket, session=session) as backend:
-        manager = StorageManager(
-            backends={"s3": backend},
-            policies={
-                "docs": StoragePolicy("docs", "s3", key_prefix="docs"),
-                "docs2": StoragePolicy("docs2", "s3", key_prefix="docs2"),
-            },
-        )
+        manager = manager_for(backend, "docs", "docs2", backend_key="s3")
         yield backend, manager
 
 

@@ -6,10 +6,11 @@ from datetime import timedelta
 
 import pytest
 
-from granite_storage import StorageManager, StoragePolicy, StoredObjectRef
+from granite_storage import StorageManager, StoredObjectRef
 from granite_storage.backends.memory import MemoryStorageBackend
 from granite_storage.errors import ConfigurationError, InvalidLocationError, ObjectNotFoundError
 from granite_storage.gc import StorageGarbageCollector
+from granite_storage.testing import manager_for
 
 
 class NamedMemory(MemoryStorageBackend):
@@ -17,10 +18,9 @@ class NamedMemory(MemoryStorageBackend):
 
 
 def two_backend_manager(policy_backend: str = "old") -> StorageManager:
-    return StorageManager(
-        {"old": NamedMemory(), "new": NamedMemory(), "store": MemoryStorageBackend()},
-        {"docs": StoragePolicy(storage_key="docs", backend_key=policy_backend, key_prefix="docs")},
-    )
+    backends = {"old": NamedMemory(), "new": NamedMemory(), "store": MemoryStorageBackend()}
+    own = backends.pop(policy_backend)  # the policy's, under its key
+    return manager_for(own, "docs", backend_key=policy_backend, extra_backends=backends)
 
 
 async def put(manager: StorageManager, content: bytes = b"data") -> StoredObjectRef:
@@ -143,10 +143,8 @@ async def test_delete_source_refuses_what_could_delete_the_moved_copies() -> Non
         await gc.acollect(storage_key="docs", backend_key="old", delete_source=True)
     # Step 1 of a move: "old" is a mirror that also writes to "new".
     new = NamedMemory()
-    mirrored = StorageManager(
-        {"old": MirrorBackend(NamedMemory(), new), "new": new},
-        {"docs": StoragePolicy(storage_key="docs", backend_key="new", key_prefix="docs")},
-    )
+    mirror = MirrorBackend(NamedMemory(), new)
+    mirrored = manager_for(new, "docs", backend_key="new", extra_backends={"old": mirror})
     await mirrored.backends["old"].aput_stream(key="docs/doc/1/a", chunks=_chunks(b"a"))
     gc = StorageGarbageCollector(mirrored, list, min_age=timedelta(0))
     with pytest.raises(ConfigurationError, match="writes to the same storage as 'new'"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 
 from granite_storage import ConfigurationError, StorageManager, StoragePolicy
@@ -57,3 +59,23 @@ async def test_manager_for_mixes_storage_keys_and_policies() -> None:
         manager_for(backend)
     with pytest.raises(ConfigurationError):
         manager_for(backend, StoragePolicy("docs", "elsewhere"))
+
+
+async def test_manager_for_registers_extra_backends_by_key() -> None:
+    old, new = MemoryStorageBackend(), MemoryStorageBackend()
+    manager = manager_for(old, "docs", backend_key="old", extra_backends={"new": new})
+    assert manager.backends == {"old": old, "new": new}
+    assert manager.get_policy("docs") == StoragePolicy("docs", "old", key_prefix="docs")
+    ref = await manager.aput_bytes(
+        storage_key="docs", model_name="m", entity_id=1, field_name="f", content=b"abc"
+    )
+    await new.aput_stream(key=ref.location, chunks=_chunks(b"moved"))
+    assert await manager.aget(ref.replace(backend="new")) == b"moved"  # a ref names its backend
+    on_new = manager_for(old, StoragePolicy("docs", "new"), extra_backends={"new": new})
+    assert on_new.get_backend_for_policy(on_new.get_policy("docs")) is new
+    with pytest.raises(ValueError, match="must not name backend_key 'main'"):
+        manager_for(old, "docs", extra_backends={"main": new})
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    yield data

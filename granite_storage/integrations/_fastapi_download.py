@@ -90,7 +90,7 @@ async def storage_response(
         or outside its policy's prefix.
     :raises StorageError: for an unknown storage key or a backend failure.
     """
-    if redirect and ref.legacy_inline_text is None:
+    if redirect and ref.has_object:  # an inline-text ref has nothing to sign
         try:
             url = await manager.apresigned_url(ref, expires_in=expires_in, disposition=disposition)
         except OperationNotSupportedError:
@@ -98,8 +98,7 @@ async def storage_response(
         else:
             return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
 
-    inline = ref.legacy_inline_text
-    size = len(inline.encode()) if inline is not None else ref.size
+    size = ref.size
     etag = etag_for(ref) if ref.checksum else None
     media_type = await _amedia_type(ref)
     served_as = safe_disposition(media_type, disposition)

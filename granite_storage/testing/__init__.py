@@ -17,7 +17,7 @@ The backend contract suite for third-party backends is in
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 
 from granite_storage.backends.local import LocalStorageBackend
@@ -36,28 +36,37 @@ def manager_for(
     backend_key: str = "main",
     max_size: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    extra_backends: Mapping[str, StorageBackend] | None = None,
 ) -> StorageManager:
-    """A manager with one backend, registered under ``backend_key``, and the
+    """A manager with ``backend``, registered under ``backend_key``, and the
     given policies.
 
     A storage key given as a string becomes
     ``StoragePolicy(key, backend_key, max_size=max_size, key_prefix=key)``;
-    pass a :class:`StoragePolicy` (naming ``backend_key``) for anything else::
+    pass a :class:`StoragePolicy` for anything else::
 
         manager = manager_for(MemoryStorageBackend(), "avatars", "documents")
         manager = manager_for(backend, StoragePolicy("docs", "main", key_prefix=None))
 
-    :raises ValueError: if no policy is given.
-    :raises ConfigurationError: if a policy names another backend key.
+    ``extra_backends`` registers more backends by key, for policies that
+    write to them or refs that name them (moves between backends)::
+
+        manager = manager_for(old, "docs", backend_key="old", extra_backends={"new": new})
+
+    :raises ValueError: if no policy is given, or ``extra_backends`` has ``backend_key``.
+    :raises ConfigurationError: if a policy names a backend key the manager lacks.
     """
     if not policies:
         raise ValueError("name at least one storage key, e.g. manager_for(backend, 'documents')")
+    others = dict(extra_backends or {})
+    if backend_key in others:
+        raise ValueError(f"extra_backends must not name backend_key {backend_key!r}")
     built = [
         StoragePolicy(p, backend_key, max_size=max_size, key_prefix=p) if isinstance(p, str) else p
         for p in policies
     ]
     return StorageManager(
-        backends={backend_key: backend},
+        backends={backend_key: backend, **others},
         policies={policy.storage_key: policy for policy in built},
         chunk_size=chunk_size,
     )

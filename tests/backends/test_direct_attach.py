@@ -17,12 +17,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from granite_storage import (
     InvalidLocationError,
     StorageManager,
-    StoragePolicy,
     StoredContentMixin,
     StoredObjectRef,
     StoredObjectRefType,
 )
 from granite_storage.integrations.sqlalchemy import ObjectLedger, drain_pending_deletions
+from granite_storage.testing import manager_for
 from tests.backends.conftest import open_s3_backend
 from tests.backends.test_direct_multipart import everything
 
@@ -55,10 +55,7 @@ async def sessions(
     async with sqlite_engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
     async with open_s3_backend(s3_endpoint_url, s3_bucket, session=aioboto3_session) as backend:
-        manager = StorageManager(
-            backends={"s3": backend},
-            policies={"videos": StoragePolicy("videos", "s3", key_prefix="videos")},
-        )
+        manager = manager_for(backend, "videos", backend_key="s3")
         Video.configure_storage_manager(
             manager, ledger=LEDGER if request.param == "ledger" else None
         )

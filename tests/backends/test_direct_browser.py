@@ -141,16 +141,16 @@ def served_app(
     from sqlalchemy.ext.asyncio import create_async_engine
 
     from examples.direct_uploads import create_app
-    from granite_storage import StorageManager, StoragePolicy
+    from granite_storage import StoragePolicy
     from granite_storage.backends.s3 import S3StorageBackend
+    from granite_storage.testing import manager_for
 
     backend = S3StorageBackend(
         bucket=s3_bucket,
         client_kwargs={"endpoint_url": s3_endpoint_url, "region_name": "us-east-1"},
     )
-    manager = StorageManager(
-        backends={"s3": backend},
-        policies={"videos": StoragePolicy("videos", "s3", max_size=64 << 20, key_prefix="v")},
+    manager = manager_for(
+        backend, StoragePolicy("videos", "s3", max_size=64 << 20, key_prefix="v"), backend_key="s3"
     )
     engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}")
     app = create_app(manager=manager, engine=engine, uppy_dist=browser_tools["uppy_dist"])

@@ -23,6 +23,7 @@ from granite_storage import (
 from granite_storage.backends.memory import MemoryStorageBackend
 from granite_storage.direct import MIN_PART_SIZE, DirectUpload, part_size_for
 from granite_storage.errors import OperationNotSupportedError
+from granite_storage.testing import manager_for
 from tests.backends.conftest import open_s3_backend
 
 pytestmark = pytest.mark.s3
@@ -49,12 +50,11 @@ async def manager(
     async with open_s3_backend(
         s3_endpoint_url, s3_bucket, session=aioboto3_session, prefix="app"
     ) as backend:
-        yield StorageManager(
-            backends={"s3": backend},
-            policies={
-                "videos": StoragePolicy("videos", "s3", max_size=12 * MiB, key_prefix="videos"),
-                "docs": StoragePolicy("docs", "s3", key_prefix="docs"),
-            },
+        yield manager_for(
+            backend,
+            StoragePolicy("videos", "s3", max_size=12 * MiB, key_prefix="videos"),
+            "docs",
+            backend_key="s3",
         )
 
 
@@ -178,9 +178,7 @@ async def test_abort_leaves_nothing_and_is_idempotent(
 
 
 async def test_backends_that_cannot_sign_refuse() -> None:
-    manager = StorageManager(
-        backends={"mem": MemoryStorageBackend()}, policies={"d": StoragePolicy("d", "mem")}
-    )
+    manager = manager_for(MemoryStorageBackend(), StoragePolicy("d", "mem"), backend_key="mem")
     with pytest.raises(OperationNotSupportedError):
         await manager.acreate_direct_upload(storage_key="d", **PLACE)
 

@@ -15,8 +15,9 @@ pytest.importorskip("aioboto3")
 
 from fastapi import FastAPI, Header, HTTPException
 
-from granite_storage import StorageManager, StoragePolicy, StoredObjectRef
+from granite_storage import StoragePolicy, StoredObjectRef
 from granite_storage.integrations.fastapi import DirectUploadScope, direct_upload_router
+from granite_storage.testing import manager_for
 from tests.backends.conftest import open_s3_backend
 from tests.backends.test_direct_multipart import CORS, everything
 
@@ -44,10 +45,8 @@ async def client(
         return {"video": scope.entity_id}
 
     async with open_s3_backend(s3_endpoint_url, s3_bucket, session=aioboto3_session) as backend:
-        manager = StorageManager(
-            backends={"s3": backend},
-            policies={"videos": StoragePolicy("videos", "s3", max_size=8 * MiB, key_prefix="v")},
-        )
+        policy = StoragePolicy("videos", "s3", max_size=8 * MiB, key_prefix="v")
+        manager = manager_for(backend, policy, backend_key="s3")
         app = FastAPI()
         app.include_router(
             direct_upload_router(

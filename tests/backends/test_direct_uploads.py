@@ -12,10 +12,8 @@ from granite_storage import (
     ContentTooLargeError,
     InvalidLocationError,
     ObjectNotFoundError,
-    StorageManager,
-    StoragePolicy,
 )
-from granite_storage.backends.memory import MemoryStorageBackend
+from granite_storage.testing import manager_for, memory_manager
 from tests.backends.conftest import open_s3_backend
 
 
@@ -25,10 +23,7 @@ async def test_presigned_post_then_ref_from_the_stored_bytes(
 ) -> None:
     async with (
         open_s3_backend(s3_endpoint_url, s3_bucket, session=aioboto3_session) as backend,
-        StorageManager(
-            backends={"s3": backend},
-            policies={"docs": StoragePolicy("docs", "s3", max_size=10, key_prefix="docs")},
-        ) as manager,
+        manager_for(backend, "docs", backend_key="s3", max_size=10) as manager,
     ):
         sizes = {"fits.txt": b"0123456789", "toobig.txt": b"0123456789!"}
         for name, body in sizes.items():
@@ -63,10 +58,7 @@ async def test_presigned_post_then_ref_from_the_stored_bytes(
 
 
 async def test_ref_for_upload_errors() -> None:
-    manager = StorageManager(
-        backends={"m": MemoryStorageBackend()},
-        policies={"docs": StoragePolicy("docs", "m", key_prefix="docs")},
-    )
+    manager = memory_manager("docs")
     with pytest.raises(ObjectNotFoundError):
         await manager.aref_for_upload(storage_key="docs", location="docs/never/uploaded")
     with pytest.raises(InvalidLocationError):

@@ -22,10 +22,11 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from granite_storage import StorageManager, StoragePolicy
+from granite_storage import StorageManager
 from granite_storage.backends.local import TEMP_DIR_NAME, LocalStorageBackend
 from granite_storage.contracts import StorageBackend
 from granite_storage.gc import GarbageCollectionReport, StorageGarbageCollector
+from granite_storage.testing import manager_for
 
 MiB = 1024 * 1024
 PART = 5 * MiB  # S3's smallest part
@@ -33,13 +34,7 @@ SMALL = timedelta(seconds=1)
 
 
 def two_policies(backend: StorageBackend) -> StorageManager:
-    return StorageManager(
-        backends={"main": backend},
-        policies={
-            "a": StoragePolicy("a", "main", key_prefix="a"),
-            "b": StoragePolicy("b", "main", key_prefix="b"),
-        },
-    )
+    return manager_for(backend, "a", "b")
 
 
 async def slow(chunks: int, size: int, pause: float) -> AsyncIterator[bytes]:

@@ -32,8 +32,6 @@ from granite_storage import (
     ChecksumMismatchError,
     ContentTooLargeError,
     ObjectNotFoundError,
-    StorageManager,
-    StoragePolicy,
     StoredObjectRef,
 )
 from granite_storage.backends import _s3_multipart
@@ -41,6 +39,7 @@ from granite_storage.backends.s3 import S3StorageBackend
 from granite_storage.errors import BackendError, ConfigurationError, InvalidLocationError
 from granite_storage.http import content_disposition
 from granite_storage.streams import Sha256Digest
+from granite_storage.testing import manager_for
 from tests.backends.conftest import S3_TEST_PART_SIZE, open_s3_backend
 from tests.services import free_port
 
@@ -343,10 +342,7 @@ async def test_upload_memory_is_bounded_by_the_parts_in_flight(
 async def test_oversized_stream_through_manager_leaves_nothing(
     s3_backend: S3StorageBackend, s3_bucket: str, s3_client: Any
 ) -> None:
-    manager = StorageManager(
-        backends={"s3": s3_backend},
-        policies={"docs": StoragePolicy("docs", "s3", max_size=11 * MiB, key_prefix="docs")},
-    )
+    manager = manager_for(s3_backend, "docs", backend_key="s3", max_size=11 * MiB)
     calls = await count_calls(s3_backend, "CreateMultipartUpload", "AbortMultipartUpload")
     with pytest.raises(ContentTooLargeError):  # the error itself, not an ExceptionGroup
         await manager.aput_stream(
@@ -626,10 +622,7 @@ async def test_batch_delete_reports_per_key_and_per_request_failures(
 async def test_presigned_download_through_the_manager(
     s3_backend: S3StorageBackend, aioboto3_session: Any
 ) -> None:
-    manager = StorageManager(
-        backends={"s3": s3_backend},
-        policies={"docs": StoragePolicy("docs", "s3", key_prefix="docs")},
-    )
+    manager = manager_for(s3_backend, "docs", backend_key="s3")
     ref = await manager.aput_bytes(
         storage_key="docs",
         model_name="doc",

@@ -22,7 +22,7 @@ from fastapi.responses import Response
 from starlette.types import Message
 
 from examples.fastapi_app import Settings, create_app
-from granite_storage import StorageManager, StoragePolicy, StoredObjectRef
+from granite_storage import StoragePolicy, StoredObjectRef
 from granite_storage.backends.memory import MemoryStorageBackend
 from granite_storage.contracts import ObjectReader, PutResult
 from granite_storage.errors import BackendError, OperationNotSupportedError
@@ -32,6 +32,7 @@ from granite_storage.integrations.fastapi import (
     stream_upload,
     stream_upload_to,
 )
+from granite_storage.testing import manager_for
 
 # Files sent by httpx always name their type: else httpx guesses it with
 # mimetypes, whose first use reads /etc/mime.types inside the event loop.
@@ -291,15 +292,14 @@ class Harness:
 
     def __init__(self, *, max_size: int | None = 256 * 1024, can_sign: bool = False) -> None:
         self.backend = TrackingBackend(can_sign=can_sign)
-        self.manager = StorageManager(
-            backends={"mem": self.backend},
+        self.manager = manager_for(
+            self.backend,
             # HTTP behaviour only: the declared type is kept as before.
             # Detection over HTTP: tests/integrations/test_fastapi_validation.py.
-            policies={
-                "docs": StoragePolicy(
-                    "docs", "mem", max_size=max_size, key_prefix="docs", detect_content_type=False
-                )
-            },
+            StoragePolicy(
+                "docs", "mem", max_size=max_size, key_prefix="docs", detect_content_type=False
+            ),
+            backend_key="mem",
             chunk_size=4096,
         )
         self.ref: StoredObjectRef | None = None
@@ -540,6 +540,27 @@ async def test_redirect_falls_back_to_streaming_when_the_backend_cannot_sign(
     async with harness.client() as client:
         response = await client.get("/object?redirect=1")
     assert (response.status_code, response.content) == (200, CONTENT)
+
+
+async def test_an_inline_text_ref_is_served_like_an_object_without_the_backend() -> None:
+    """A 0.1.0 inline-text ref: the manager reads its text, so every answer
+    is the usual one; there is nothing to sign, even where the backend signs."""
+    harness = Harness(can_sign=True)
+    text = "# Title\n\nBody ✓"
+    data = text.encode()
+    harness.ref = StoredObjectRef.from_dict({"storage_key": "docs", "legacy_inline_text": text})
+    async with harness.client() as client:
+        whole = await client.get("/object?redirect=1")
+        part = await client.get("/object", headers={"Range": "bytes=2-6"})
+        head = await client.head("/object")
+        past = await client.get("/object", headers={"Range": f"bytes={len(data)}-"})
+    assert (whole.status_code, whole.content) == (200, data)
+    assert whole.headers["content-length"] == head.headers["content-length"] == str(len(data))
+    assert (part.status_code, part.content) == (206, data[2:7])
+    assert part.headers["content-range"] == f"bytes 2-6/{len(data)}"
+    assert (head.status_code, head.content) == (200, b"")
+    assert past.status_code == 416 and past.headers["content-range"] == f"bytes */{len(data)}"
+    assert harness.backend.opened == 0 and await harness.stored_locations() == []
 
 
 def _download_scope(spec_version: str) -> dict[str, Any]:
@@ -893,10 +914,8 @@ async def test_backpressure_keeps_the_buffer_bounded(form: bool) -> None:
     total = 400 * 1024
     upload: AsgiUpload | None = None
     backend = SlowBackend(lambda: upload.delivered if upload else 0)
-    manager = StorageManager(
-        backends={"slow": backend},
-        policies={"docs": StoragePolicy("docs", "slow")},
-        chunk_size=chunk_size,
+    manager = manager_for(
+        backend, StoragePolicy("docs", "slow"), backend_key="slow", chunk_size=chunk_size
     )
     app = FastAPI()
 

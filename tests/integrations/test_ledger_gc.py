@@ -15,6 +15,7 @@ from granite_storage.backends.memory import MemoryStorageBackend
 from granite_storage.errors import BackendError, ConfigurationError
 from granite_storage.integrations.sqlalchemy import drain_pending_deletions, ref_rewriter
 from granite_storage.migrate import amigrate
+from granite_storage.testing import memory_manager
 from tests.integrations.ledger_support import (
     MIN_AGE,
     TABLE,
@@ -221,11 +222,10 @@ async def test_an_audit_dry_run_deletes_nothing(lenv: LedgerEnv) -> None:
 
 
 def test_collector_arguments_are_checked() -> None:
-    from granite_storage import StorageManager
     from granite_storage.integrations.sqlalchemy import LedgerGarbageCollector, ObjectLedger
     from tests.integrations.ledger_support import LedgerBase
 
-    manager = StorageManager(backends={"m": MemoryStorageBackend()}, policies={})
+    manager = memory_manager("docs")
     ledger = ObjectLedger(LedgerBase.metadata)
     common = {"reference_metadata": LedgerBase.metadata}
     with pytest.raises(ValueError, match="min_age"):

@@ -23,6 +23,7 @@ from granite_storage.integrations.sqlalchemy import (
     _ledger_claims,
     drain_pending_deletions,
 )
+from granite_storage.testing import memory_manager
 from tests.integrations.conftest import flushed
 from tests.integrations.ledger_support import (
     TABLE,
@@ -259,9 +260,7 @@ async def test_a_session_follows_one_ledger(lenv: LedgerEnv) -> None:
 
 
 def test_configure_takes_an_object_ledger() -> None:
-    from granite_storage import StorageManager
-
-    manager = StorageManager(backends={}, policies={})
+    manager = memory_manager("docs")
     with pytest.raises(ConfigurationError, match="ObjectLedger"):
         Doc.configure_storage_manager(manager, ledger="nope")  # type: ignore[arg-type]
 

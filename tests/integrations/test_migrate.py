@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import granite_storage.migrate
-from granite_storage import StorageManager, StoragePolicy, StoredObjectRef
+from granite_storage import StorageManager, StoredObjectRef
 from granite_storage.backends.local import LocalStorageBackend
 from granite_storage.backends.memory import MemoryStorageBackend
 from granite_storage.contracts import PutResult, StorageBackend
@@ -35,6 +35,7 @@ from granite_storage.integrations.sqlalchemy import (
     ref_rewriter,
 )
 from granite_storage.migrate import MigrationReport, RefRewriter, amigrate
+from granite_storage.testing import manager_for
 from tests.backends.conftest import open_s3_backend
 
 
@@ -59,10 +60,7 @@ class Site:
 
     def __init__(self, engine: AsyncEngine, old: StorageBackend, new: StorageBackend) -> None:
         self.engine = engine
-        self.manager = StorageManager(
-            {"old": old, "new": new},
-            {"docs": StoragePolicy(storage_key="docs", backend_key="old", key_prefix="docs")},
-        )
+        self.manager = manager_for(old, "docs", backend_key="old", extra_backends={"new": new})
         self.old, self.new = old, new
         self.rewrite = ref_rewriter(engine, Base.metadata)
 
@@ -310,13 +308,12 @@ async def factory() -> AsyncIterator[tuple[StorageManager, Any, RefRewriter]]:
     policy_backend = os.environ.get("MIGRATE_POLICY_BACKEND", "old")
     engine = create_async_engine(f"sqlite+aiosqlite:///{root / 'app.db'}")
     try:
-        async with StorageManager(
-            {"old": LocalStorageBackend(root / "old"), "new": LocalStorageBackend(root / "new")},
-            {
-                "docs": StoragePolicy(
-                    storage_key="docs", backend_key=policy_backend, key_prefix="docs"
-                )
-            },
+        backends = {name: LocalStorageBackend(root / name) for name in ("old", "new")}
+        async with manager_for(
+            backends.pop(policy_backend),
+            "docs",
+            backend_key=policy_backend,
+            extra_backends=backends,
         ) as manager:
             yield (
                 manager,

@@ -10,11 +10,12 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from examples.fastapi_app import Base, Settings, create_app
-from granite_storage import StorageManager, StoragePolicy
+from granite_storage import StoragePolicy
 from granite_storage.backends.local import LocalStorageBackend
 from granite_storage.backends.memory import MemoryStorageBackend
 from granite_storage.integrations.sqlalchemy import iter_metadata_storage_refs, ref_rewriter
 from granite_storage.migrate import MigrationReport, amigrate
+from granite_storage.testing import manager_for
 
 
 async def test_writers_and_readers_during_a_migration(tmp_path: Path) -> None:
@@ -31,13 +32,11 @@ async def _amigrate_while_serving(tmp_path: Path, url: str, engine: AsyncEngine)
         await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
     settings = Settings(storage_root=tmp_path / "storage", database_url=url, fsync=False)
     new = MemoryStorageBackend()
-    manager = StorageManager(
-        {"local": LocalStorageBackend(settings.storage_root, fsync=False), "new": new},
-        {
-            "documents": StoragePolicy(
-                "documents", "local", key_prefix="documents", delete_replaced=True
-            )
-        },
+    manager = manager_for(
+        LocalStorageBackend(settings.storage_root, fsync=False),
+        StoragePolicy("documents", "local", key_prefix="documents", delete_replaced=True),
+        backend_key="local",
+        extra_backends={"new": new},
     )
     app = create_app(settings, manager)
 

@@ -78,9 +78,8 @@ async def adelete_unreferenced(objects: Iterable[TrackedObject], *, reason: str 
     """Delete each object that no row references any more. Never raises
     (except cancellation): failures are logged and left to the garbage collector."""
     unique: dict[str, TrackedObject] = {}
-    for obj in objects:
-        if obj.ref.location:  # legacy inline-text refs have no object
-            unique.setdefault(obj.ref.location, obj)
+    for obj in objects:  # each has an object: refs without one are never tracked
+        unique.setdefault(obj.ref.location, obj)
     groups: dict[tuple[int, int, int], list[TrackedObject]] = {}
     for obj in unique.values():
         groups.setdefault((id(obj.bind), id(obj.metadata), id(obj.plugin)), []).append(obj)

@@ -359,8 +359,8 @@ class StoredContent:
 
     def _release(self, previous: StoredObjectRef) -> None:
         session = object_session(self._instance)
-        if session is None or not previous.location:
-            return  # no transaction to follow, or a legacy inline-text ref (no object)
+        if session is None or not previous.has_object:
+            return  # no transaction to follow, or nothing stored to release
         plugin = plugin_of(type(self._instance))
         if plugin is not None:
             plugin.watch(session)  # the flush releases the previous ref in the ledger

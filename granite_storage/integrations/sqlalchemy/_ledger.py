@@ -237,10 +237,8 @@ async def _asweep_tracked(
     each is won first, so none is deleted while a transaction holds it or a
     row references it. Never raises (except cancellation): failures are
     logged and left to the garbage collector."""
-    by_location = {obj.ref.location: obj for obj in objects if obj.ref.location}
+    by_location = {obj.ref.location: obj for obj in objects}
     wanted = {loc: (obj.ref.storage_key, obj.ref.backend) for loc, obj in by_location.items()}
-    if not wanted:
-        return
     stamp = ledger.now()
     table = ledger.table
     try:

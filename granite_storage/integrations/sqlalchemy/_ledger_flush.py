@@ -124,6 +124,6 @@ def _locations(*groups: Iterable[Any] | None) -> set[str]:
             ref = value
             if isinstance(value, dict):
                 ref = StoredObjectRef.from_dict(value)
-            if isinstance(ref, StoredObjectRef) and ref.location:
+            if isinstance(ref, StoredObjectRef) and ref.has_object:
                 found.add(ref.location)
     return found
