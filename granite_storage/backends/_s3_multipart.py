@@ -17,9 +17,8 @@ import base64
 import hashlib
 import io
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import anyio
@@ -27,7 +26,7 @@ import anyio.lowlevel
 import anyio.to_thread
 from botocore.exceptions import ClientError
 
-from granite_storage._util import as_utc
+from granite_storage.backends._s3_leftovers import aabort_uploads_of_key
 from granite_storage.contracts import PutResult
 from granite_storage.errors import BackendError
 from granite_storage.streams import Sha256Digest
@@ -205,13 +204,22 @@ async def _put_object(
         kwargs.update(ChecksumAlgorithm="SHA256", ChecksumSHA256=_digest_b64(digest))
     try:
         await client.put_object(**kwargs)
-    except ClientError:
-        raise  # the server refused the object: nothing was written
-    except BaseException:
-        # Cancelled, or the connection failed: the object may exist. Its key
-        # is new (every write gets a unique location), so removing it is safe.
-        await _adelete_quietly(client, target)
+    except BaseException as exc:
+        if not refused_at_once(exc):
+            # Cancelled, the connection failed, or an earlier attempt went
+            # unanswered: the object may exist. Its key is new (every write
+            # gets a unique location), so removing it is safe.
+            await _adelete_quietly(client, target)
         raise
+
+
+def refused_at_once(exc: BaseException) -> bool:
+    """Whether ``exc`` proves nothing was written: the server refused the
+    request (a ``ClientError``) on its first attempt. After a retry, an
+    earlier attempt may have been carried out with its answer lost."""
+    if not isinstance(exc, ClientError):
+        return False
+    return int(exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)) == 0
 
 
 async def _adelete_quietly(client: Any, target: UploadTarget) -> None:
@@ -243,19 +251,47 @@ class _MultipartUpload:
         # exist on the server without us ever learning its id to abort it. The
         # cancellation is delivered at the first checkpoint inside the try.
         with anyio.CancelScope(shield=True):
-            response = await self._client.create_multipart_upload(**create_kwargs)
+            try:
+                response = await self._client.create_multipart_upload(**create_kwargs)
+            except BaseException:
+                # An attempt whose answer was lost may have created an upload.
+                await self._aabort_strays(keep=None)
+                raise
         upload_id: str = response["UploadId"]
+        # A retried create may have left uploads whose answers were lost.
+        retried = response.get("ResponseMetadata", {}).get("RetryAttempts", 0) > 0
         try:
             await anyio.lowlevel.checkpoint()
             await self._aupload_parts(upload_id, parts)
             await self._acomplete(upload_id)
         except BaseException as exc:
-            # A ClientError from CompleteMultipartUpload means it was refused;
-            # anything else during it (cancellation, a dropped connection)
-            # leaves the outcome unknown, so the object may exist.
-            outcome_unknown = self._completing and not isinstance(exc, ClientError)
+            # A ClientError from CompleteMultipartUpload's first attempt means
+            # it was refused; anything else during it (cancellation, a dropped
+            # connection, an unanswered attempt before the error) leaves the
+            # outcome unknown, so the object may exist.
+            outcome_unknown = self._completing and not refused_at_once(exc)
             await self._aabort(upload_id, delete_object=outcome_unknown)
             raise
+        finally:
+            if retried:
+                await self._aabort_strays(keep=upload_id)
+
+    async def _aabort_strays(self, *, keep: str | None) -> None:
+        """Abort the uploads of this key but ``keep``: those of create attempts
+        whose answers were lost (keys are unique per write). Shielded, bounded
+        and quiet, like :meth:`_aabort`."""
+        with anyio.move_on_after(_CLEANUP_TIMEOUT, shield=True):
+            try:
+                await aabort_uploads_of_key(
+                    self._client, self._target.bucket, self._target.key, keep=keep
+                )
+            except Exception as exc:
+                logger.warning(
+                    "could not look for stray multipart uploads of %r; "
+                    "acleanup_leftovers() will remove them: %r",
+                    self._target.key,
+                    exc,
+                )
 
     async def _aupload_parts(self, upload_id: str, parts: PartSplitter) -> None:
         error: BaseException
@@ -335,66 +371,3 @@ class _MultipartUpload:
                     )
         if delete_object:
             await _adelete_quietly(self._client, self._target)
-
-
-async def acleanup_multipart_uploads(
-    client: Any,
-    *,
-    bucket: str,
-    prefix: str,
-    strip: int,
-    older_than: datetime,
-    dry_run: bool,
-    in_use: Callable[[list[str]], Awaitable[Collection[str]]],
-) -> int:
-    """Abort the multipart uploads under key ``prefix`` idle since before
-    ``older_than`` (aware): initiated before it and no part received since
-    (ListParts' latest ``LastModified``), unless ``in_use`` returns their
-    location (the key without its first ``strip`` characters). Return how
-    many were aborted (one that completed meanwhile is not counted);
-    ``dry_run`` only counts.
-
-    :raises botocore.exceptions.ClientError: and other botocore errors, raw.
-    """
-    count = 0
-    paginator = client.get_paginator("list_multipart_uploads")
-    async for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-        idle: dict[str, dict[str, Any]] = {}
-        for upload in page.get("Uploads", ()):
-            if as_utc(upload["Initiated"]) >= older_than:
-                continue
-            if await _alast_part_time(client, bucket, upload) >= older_than:
-                continue  # still receiving parts: in progress, however long it runs
-            idle[upload["Key"][strip:]] = upload
-        for location in set(await in_use(list(idle))):
-            idle.pop(location, None)
-        if dry_run:
-            count += len(idle)
-            continue
-        for upload in idle.values():
-            try:
-                await client.abort_multipart_upload(
-                    Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                )
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
-                    raise
-                continue  # it completed or was aborted meanwhile: not ours to count
-            count += 1
-    return count
-
-
-async def _alast_part_time(client: Any, bucket: str, upload: dict[str, Any]) -> datetime:
-    """When ``upload`` last received a part (its initiation if none)."""
-    latest = as_utc(upload["Initiated"])
-    paginator = client.get_paginator("list_parts")
-    try:
-        async for page in paginator.paginate(
-            Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-        ):
-            for part in page.get("Parts", ()):
-                latest = max(latest, as_utc(part["LastModified"]))
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
-            raise
-    return latest

@@ -29,11 +29,11 @@ from granite_storage._util import as_utc
 from granite_storage.backends._s3_client import S3Client
 from granite_storage.backends._s3_direct import S3DirectUploads
 from granite_storage.backends._s3_io import S3Reader, error_code, is_not_found, s3_errors
+from granite_storage.backends._s3_leftovers import acleanup_multipart_uploads
 from granite_storage.backends._s3_multipart import (
     MAX_PART_SIZE,
     MIN_PART_SIZE,
     UploadTarget,
-    acleanup_multipart_uploads,
     upload_stream,
 )
 from granite_storage.contracts import (

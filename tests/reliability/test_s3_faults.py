@@ -88,6 +88,11 @@ MATRIX = [
     Case("UploadPart", Fault.reset(), 2, None, MULTIPART_SIZE, "refused"),
     *([Case("UploadPart", Fault.delay(HOLD), 2, None, MULTIPART_SIZE, "refused")] if FULL else []),
     Case("CreateMultipartUpload", Fault.internal_error(), 1, None, MULTIPART_SIZE, "refused"),
+    # moto creates an upload per attempt whose answer is held back: the retried
+    # create must not leave those strays pending, whether the upload then
+    # succeeds or every attempt times out.
+    Case("CreateMultipartUpload", Fault.delay(HOLD), 1, 1, MULTIPART_SIZE, "stored"),
+    Case("CreateMultipartUpload", Fault.delay(HOLD), 1, None, MULTIPART_SIZE, "refused"),
     # moto completes each attempt, the client never hears of it: the backend
     # must delete the object it cannot know was written.
     Case("CompleteMultipartUpload", Fault.delay(HOLD), 1, None, MULTIPART_SIZE, "refused"),
@@ -200,6 +205,34 @@ async def test_each_fault_is_retried_or_aborted(
     assert len(proxy.seen("AbortMultipartUpload")) == len(created)
     if case.operation in ("CompleteMultipartUpload", "PutObject"):
         assert [e.status for e in proxy.seen("DeleteObject")] == [204]
+
+
+@pytest.mark.parametrize(
+    ("operation", "size"),
+    [("PutObject", SMALL_SIZE), ("CompleteMultipartUpload", MULTIPART_SIZE)],
+)
+async def test_a_refusal_after_an_unanswered_attempt_leaves_nothing(
+    operation: str,
+    size: int,
+    s3_endpoint_url: str,
+    moto: Any,
+    s3_bucket: str,
+    aioboto3_session: Any,
+    figures: Figures,
+) -> None:
+    """The first attempt is carried out but its answer held back; the retries
+    are refused. The final error is a refusal, yet the object exists: the
+    backend must delete it rather than trust the last answer."""
+    async with FaultProxy(s3_endpoint_url, max_hold=HOLD) as proxy:
+        proxy.add(FaultRule(operation, Fault.delay(HOLD), first=1, count=1))
+        proxy.add(FaultRule(operation, Fault.internal_error(), first=1, count=None))  # the rest
+        async with faulty_backend(proxy, s3_bucket, aioboto3_session) as backend:
+            verdict = await upload_and_judge(backend, moto, s3_bucket, random.randbytes(size))
+    figures.uploads, figures.faults = 1, proxy.faults_injected
+    figures.lost, figures.leftovers = verdict.lost, verdict.leftovers
+    assert verdict.outcome == "refused"
+    assert (verdict.lost, verdict.leftovers) == (0, 0)
+    assert [e.status for e in proxy.seen("DeleteObject")] == [204]
 
 
 async def test_random_fault_campaign(
