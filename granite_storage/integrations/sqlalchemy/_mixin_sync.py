@@ -208,8 +208,8 @@ def before_clear(instance: _AsyncContent) -> None:
     if object_session(instance) is None or async_object_session(instance) is not None:
         return
     getattr(instance, instance.stored_content.spec.ref_attr)
-    manager = getattr(type(instance), SYNC_MANAGER_ATTRIBUTE, None)
-    if isinstance(manager, BlockingStorageManager):
+    manager: BlockingStorageManager | None = getattr(type(instance), SYNC_MANAGER_ATTRIBUTE, None)
+    if manager is not None:
         follow_with_sync_manager(instance, manager)
 
 
@@ -220,8 +220,8 @@ def sync_manager_of(
 
     :raises ConfigurationError: if it has none (an async one, or none at all).
     """
-    manager = getattr(cls, SYNC_MANAGER_ATTRIBUTE, None)
-    if not isinstance(manager, BlockingStorageManager):
+    manager: BlockingStorageManager | None = getattr(cls, SYNC_MANAGER_ATTRIBUTE, None)
+    if manager is None:  # (configure_storage_manager checked what it set)
         raise ConfigurationError(
             f"{cls.__name__}.{name}() blocks, so it needs a granite_storage.sync.StorageManager: "
             f"call {cls.__name__}.configure_storage_manager(granite_storage.sync.StorageManager("
