@@ -178,6 +178,24 @@ def test_rollback_deletes_the_uploads_of_the_transaction(
         assert _ledger_rows(engine, ledger)[kept.location] == ("live", 4)
 
 
+def test_a_savepoint_rolled_back_deletes_only_its_own_uploads(
+    engine: Engine, manager: StorageManager
+) -> None:
+    with Session(engine) as session:
+        first, second = Doc(id=1), Doc(id=2)
+        session.add_all([first, second])
+        session.flush()
+        kept = first.set_content(b"outer")
+        with session.begin_nested() as savepoint:
+            inner = second.set_content(b"inner")
+            savepoint.rollback()
+        session.commit()
+        drain_pending_deletions(session)
+        assert second.get_content() is None
+    assert manager.exists(kept)
+    assert not manager.exists(inner)
+
+
 def test_commit_deletes_what_was_replaced_or_cleared_when_the_model_opts_in(
     engine: Engine, manager: StorageManager, ledger: ObjectLedger | None
 ) -> None:
