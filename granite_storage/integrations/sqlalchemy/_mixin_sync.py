@@ -1,5 +1,5 @@
 """StoredContentMixin's blocking methods, granite-storage 0.1.0's names, for
-sync ``Session``\\ s: each runs its async twin on the loop of the model's
+sync Sessions: each runs its async twin on the loop of the model's
 ``granite_storage.sync.StorageManager``.
 
 The calling thread waits for the coroutine and meanwhile runs, itself, the
@@ -162,7 +162,7 @@ class SyncContentMethods:
         ref = run_blocking(self, "open_content", "aopen_content", self.stored_content.aget_ref)
         if ref is None:
             return None
-        return sync_manager_of(type(self)).open(ref, verify=verify)
+        return sync_manager_of(type(self), "open_content", "aopen_content").open(ref, verify=verify)
 
 
 def run_blocking(
@@ -187,7 +187,7 @@ def run_blocking(
             f"{cls.__name__}.{name}() was called for a row of an AsyncSession, whose I/O runs "
             f"on that session's event loop; {instead} there instead"
         )
-    manager = sync_manager_of(cls, name=name, instead=instead)
+    manager = sync_manager_of(cls, name, async_name)
     follow_with_sync_manager(instance, manager)
     return run_lending_this_thread(manager.submit, call)
 
@@ -213,9 +213,7 @@ def before_clear(instance: _AsyncContent) -> None:
         follow_with_sync_manager(instance, manager)
 
 
-def sync_manager_of(
-    cls: type[Any], *, name: str = "open_content", instead: str = "`await obj.aopen_content()`"
-) -> BlockingStorageManager:
+def sync_manager_of(cls: type[Any], name: str, async_name: str) -> BlockingStorageManager:
     """The ``granite_storage.sync.StorageManager`` ``cls`` was configured with.
 
     :raises ConfigurationError: if it has none (an async one, or none at all).
@@ -226,6 +224,6 @@ def sync_manager_of(
             f"{cls.__name__}.{name}() blocks, so it needs a granite_storage.sync.StorageManager: "
             f"call {cls.__name__}.configure_storage_manager(granite_storage.sync.StorageManager("
             "backends=..., policies=...)) in sync code; async code awaits "
-            f"{instead} with the async manager it configured"
+            f"`obj.{async_name}(...)` with the async manager it configured"
         )
     return manager
