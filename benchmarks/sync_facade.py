@@ -3,7 +3,9 @@
 ``granite_storage.sync.StorageManager`` runs every call on an event loop in a
 thread of its own; this measures what that costs over awaiting the async
 manager from async code (the target: at most 10% slower), for many small
-files one after the other (the cost per call) and for one large stream in
+files one after the other (the cost per call; through the manager, and
+through the model mixin's blocking methods against its async ones) and for
+one large stream in
 each direction (the cost per chunk), and the memory of a 1 GiB upload from a
 generator. Both sides write to local disk without fsync, so the per-call
 cost is not hidden behind the disk. granite-storage 0.1.0, sync too, is
@@ -28,6 +30,7 @@ __all__ = ["run"]
 _PUT: dict[str, Any] = {"storage_key": STORAGE_KEY, "model_name": "document", "field_name": "file"}
 _MOD = "benchmarks.sync_facade"
 _ASYNC = "async core, awaited"
+_ASYNC_MIXIN = "StoredContentMixin, awaited"
 _TARGET = Target(">= 0.9x async", 0.9, against=_ASYNC)
 
 
@@ -40,6 +43,27 @@ def _sync_manager(root: str) -> Any:
         backends={"local": LocalStorageBackend(root, fsync=False)},
         policies={STORAGE_KEY: StoragePolicy(STORAGE_KEY, "local", key_prefix="bench")},
     )
+
+
+def _document_model(manager: Any) -> Any:
+    """A model with the mixin, configured with ``manager`` (async or sync)."""
+    from sqlalchemy import Integer
+    from sqlalchemy.orm import DeclarativeBase, mapped_column
+
+    from granite_storage import StoredContentMixin, StoredObjectRefType
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Document(StoredContentMixin, Base):
+        __tablename__ = "document"
+        __stored_content_field_name__ = "file_ref"
+        __stored_content_storage_key__ = STORAGE_KEY
+        id = mapped_column(Integer, primary_key=True)
+        file_ref = mapped_column(StoredObjectRefType(), nullable=True)
+
+    Document.configure_storage_manager(manager)
+    return Document
 
 
 def _check(data: bytes, payload: bytes) -> None:
@@ -80,6 +104,33 @@ def sync_small(timer: Timer, *, root: str, count: int, size: int) -> None:
 
 def legacy_small(timer: Timer, *, root: str, count: int, size: int) -> None:
     _round_trips(timer, legacy_local_manager(root), count, size)
+
+
+async def async_mixin(timer: Timer, *, root: str, count: int, size: int) -> None:
+    manager = granite_local_manager(root, fsync=False)
+    document = _document_model(manager)
+    payload = random_block(size)
+    await document(id=-1).aset_content(payload)
+    with timer:
+        for index in range(count):
+            doc = document(id=index)
+            await doc.aset_content(payload)
+            data = await doc.aget_content()
+    _check(data, payload)
+    await manager.aclose()
+
+
+def sync_mixin(timer: Timer, *, root: str, count: int, size: int) -> None:
+    with _sync_manager(root) as manager:
+        document = _document_model(manager)
+        payload = random_block(size)
+        document(id=-1).set_content(payload)
+        with timer:
+            for index in range(count):
+                doc = document(id=index)
+                doc.set_content(payload)
+                data = doc.get_content()
+    _check(data, payload)
 
 
 async def async_upload(timer: Timer, *, source: str, root: str, expected: str) -> None:
@@ -186,6 +237,27 @@ def run(ctx: Context) -> list[Row]:
             ctx.legacy_figure(out["0.1.0"], rate),
             [_TARGET],
             note="two portal round trips per file; local disk, no fsync",
+        )
+    )
+
+    out = ctx.compare(
+        {
+            "sync": Job(f"{_MOD}:sync_mixin", kwargs),
+            "async": Job(f"{_MOD}:async_mixin", kwargs),
+        },
+        before_each=reset,
+    )
+    rows.append(
+        Row(
+            f"{count} x {kib} KiB set_content + get_content (the mixin), one after the other",
+            "files per second",
+            "files/s",
+            True,
+            out["sync"].figure("StoredContentMixin, blocking", rate, short="sync"),
+            [out["async"].figure(_ASYNC_MIXIN, rate, short="async")],
+            None,
+            [Target(">= 0.9x async", 0.9, against=_ASYNC_MIXIN)],
+            note="rows outside a session: the facade's cost, not a database's",
         )
     )
 

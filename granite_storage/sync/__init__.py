@@ -47,6 +47,7 @@ from granite_storage.refs import StoredObjectRef as StoredObjectRef
 from granite_storage.sync._gc import StorageGarbageCollector as StorageGarbageCollector
 from granite_storage.sync._gc import iter_model_storage_refs as iter_model_storage_refs
 from granite_storage.sync._manager import StorageManager as StorageManager
+from granite_storage.sync._sessions import drain_pending_deletions as drain_pending_deletions
 from granite_storage.sync._streams import SizeLimitedStream as SizeLimitedStream
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ __all__ = [
     "StoredObjectRef",
     "StoredObjectRefType",
     "SyncInEventLoopError",
+    "drain_pending_deletions",
     "iter_model_storage_refs",
     "portable_storage_ref_type",
 ]

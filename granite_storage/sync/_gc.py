@@ -34,7 +34,7 @@ class StorageGarbageCollector(gc.StorageGarbageCollector):
     def __init__(
         self, manager: StorageManager, iter_references: gc.ReferenceSource, **options: Any
     ) -> None:
-        super().__init__(manager._core, iter_references, **options)
+        super().__init__(manager.async_manager, iter_references, **options)
         self.sync_manager = manager
 
     def collect(
@@ -89,8 +89,8 @@ def iter_model_storage_refs(
         )
     if batch_size < 1:
         raise ConfigurationError(f"batch_size must be at least 1, got {batch_size}")
-    column = refs._ref_column(model, ref_attr_name)
-    statement = refs._refs_select(column).execution_options(yield_per=batch_size)
+    statement = refs.select_model_storage_refs(model, ref_attr_name)
+    statement = statement.execution_options(yield_per=batch_size)
     with contextlib.ExitStack() as stack:
         executor = stack.enter_context(db.connect()) if isinstance(db, Engine) else db
         result = stack.enter_context(contextlib.closing(executor.execute(statement)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Callable, Coroutine, Mapping
+from concurrent.futures import Future
 from functools import partial
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -53,6 +54,13 @@ class StorageManager:
 
     def __repr__(self) -> str:
         return f"sync.{self._core!r}"
+
+    @property
+    def async_manager(self) -> core.StorageManager:
+        """The async :class:`granite_storage.StorageManager` this manager runs:
+        the same backends and policies, for ``await`` in async code (on this
+        manager's loop only, if a backend's client belongs to a loop, as S3's does)."""
+        return self._core
 
     @property
     def backends(self) -> dict[str, StorageBackend]:
@@ -179,6 +187,14 @@ class StorageManager:
         """
         check_no_running_loop(sync_name, instead)
         return self._portal.call(call)
+
+    def submit(self, call: Callable[[], Coroutine[Any, Any, T]]) -> Future[T]:
+        """Start ``await call()`` on this manager's loop and return at once.
+
+        Safe from any thread, one that runs an event loop included: only
+        waiting for the returned ``concurrent.futures.Future`` blocks.
+        """
+        return self._portal.submit(call)
 
     def close(self) -> None:
         """Close the backends and stop the manager's loop. Safe to call twice."""

@@ -2,9 +2,8 @@
 
 The test files are 0.1.0's, unchanged but for their import lines. Every test
 passes, or is an expected failure (strict: it must fail) for one of the
-reasons below: a behaviour 0.2 changed on purpose (docs/migrating.md lists
-each), or issue 18's item 2 (the mixin's sync methods), which is not built
-yet. The S3 tests run against moto's server (see moto_server.py).
+reasons below, each a behaviour 0.2 changed on purpose (docs/migrating.md
+lists them). The S3 tests run against moto's server (see moto_server.py).
 """
 
 from __future__ import annotations
@@ -66,10 +65,11 @@ DICTS_VALIDATED = Expected(
     "StoredObjectRef (validated, text cleaned for JSONB), so a copy is bound, not the dict",
     AssertionError,
 )
-MIXIN_PENDING = Expected(
-    "not a 0.2 change: issue 18 item 2 (StoredContentMixin's 0.1.0 sync methods and a "
-    "granite_storage.sync.StorageManager in configure_storage_manager) is not built yet",
-    (ConfigurationError, AttributeError),
+ASYNC_UPLOADFILE = Expected(
+    "0.2 changed on purpose: the a prefix marks coroutines, so 0.1.0's coroutine "
+    "set_content_from_uploadfile is aset_content_from_uploadfile (and the blocking "
+    "get_content, called inside the test's event loop, raises SyncInEventLoopError)",
+    AttributeError,
 )
 
 EXPECTED_FAILURES = {
@@ -91,30 +91,10 @@ EXPECTED_FAILURES = {
         )
     },
     "test_local_backend.py::test_resolve_path_traversal_raises": PRIVATE_HELPER,
-    **{
-        f"test_local_storage.py::{name}": MIXIN_PENDING
-        for name in (
-            "test_set_and_get_content",
-            "test_stream_size_validation",
-            "test_replace_content_returns_previous_ref",
-        )
-    },
     "test_manager.py::test_get_policy_unknown_raises": ERROR_MESSAGES,
     "test_manager.py::test_get_backend_for_policy_unknown_raises": FAIL_FAST,
-    **{
-        f"test_mixin_extended.py::{name}": MIXIN_PENDING
-        for name in (
-            "test_set_content_string",
-            "test_set_content_without_id_raises",
-            "test_set_content_from_stream_without_id_raises",
-            "test_set_content_from_uploadfile",
-            "test_open_content_returns_none_when_empty",
-            "test_open_content_returns_stream",
-            "test_get_content_text_returns_none_when_empty",
-            "test_clear_content_reference",
-            "test_clear_content_reference_when_empty",
-        )
-    },
+    "test_mixin_extended.py::test_set_content_from_uploadfile": ASYNC_UPLOADFILE,
+    "test_mixin_extended.py::test_clear_content_reference": PRIVATE_HELPER,
     "test_mixin_extended.py::test_require_storage_manager_raises_when_not_configured": (
         PRIVATE_HELPER
     ),
@@ -135,7 +115,7 @@ EXPECTED_FAILURES = {
         )
     },
     "test_s3_backend.py::test_strip_prefix_no_match": PRIVATE_HELPER,
-    "test_s3_storage.py::test_s3_stream_roundtrip": S3_TAKES_AIOBOTO3.but_also(MIXIN_PENDING),
+    "test_s3_storage.py::test_s3_stream_roundtrip": S3_TAKES_AIOBOTO3,
     "test_types.py::test_process_bind_param_dict_passthrough": DICTS_VALIDATED,
 }
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeAlias
 
 from granite_storage.integrations.sqlalchemy._plugin import TrackedObject
@@ -31,14 +31,19 @@ logger = logging.getLogger("granite_storage")
 
 #: A deletion under way: a task on the running loop, or one submitted to another loop.
 Pending: TypeAlias = "asyncio.Future[None] | concurrent.futures.Future[None]"
+#: Starts a coroutine on a sync manager's loop (``granite_storage.sync.StorageManager.submit``).
+Submit: TypeAlias = Callable[
+    [Callable[[], Coroutine[Any, Any, None]]], "concurrent.futures.Future[None]"
+]
 
 
 def start_cleanup(
-    loop: asyncio.AbstractEventLoop | None, objects: list[TrackedObject], reason: str
+    loop: asyncio.AbstractEventLoop | Submit | None, objects: list[TrackedObject], reason: str
 ) -> Pending | None:
     """Start deleting ``objects`` on ``loop`` (the loop the mixin last ran on;
-    the running one if that is it, or if there is none). Never raises: returns
-    ``None`` if nothing was started."""
+    the running one if that is it, or if there is none), or through it, the
+    ``submit`` of the sync manager a sync ``Session`` used. Never raises:
+    returns ``None`` if nothing was started."""
     if not objects:
         return None
     coro: Coroutine[Any, Any, None] = adelete_unreferenced(objects, reason=reason)
@@ -51,6 +56,8 @@ def start_cleanup(
         pending: Pending
         if running is not None and (target is None or target is running):
             pending = running.create_task(coro, name=f"granite_storage cleanup after {reason}")
+        elif callable(target):
+            pending = target(lambda: coro)
         elif target is not None and not target.is_closed():
             pending = asyncio.run_coroutine_threadsafe(coro, target)
         else:

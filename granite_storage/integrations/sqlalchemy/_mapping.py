@@ -59,8 +59,8 @@ def entity_id_of(state: InstanceState[Any]) -> object:
         values = tuple(state.dict.get(key) for key in keys)
     if not values or any(value is None for value in values):
         raise StorageError(
-            f"{mapper.class_.__name__} has no primary key value yet ({', '.join(keys)}), and "
-            "stored content is filed under it: add the object to the session and "
+            f"{mapper.class_.__name__} must have an id (its primary key, {', '.join(keys)}) "
+            "before it stores content, which is filed under it: add the object to the session and "
             "`await session.flush()` first (or set the primary key yourself)"
         )
     if len(values) == 1:

@@ -31,14 +31,24 @@ from granite_storage.integrations.sqlalchemy._mapping import (
     plugin_of,
     storage_manager_of,
 )
+from granite_storage.integrations.sqlalchemy._mixin_sync import (
+    SYNC_MANAGER_ATTRIBUTE,
+    BlockingStorageManager,
+    SyncContentMethods,
+    before_clear,
+    split_manager,
+)
 from granite_storage.integrations.sqlalchemy.types import StoredObjectRefType
 from granite_storage.manager import StorageManager
 from granite_storage.refs import StoredObjectRef
 from granite_storage.streams import ByteSource
 
 
-class StoredContentMixin:
-    """Stored content for a SQLAlchemy model, used through an ``AsyncSession``.
+class StoredContentMixin(SyncContentMethods):
+    """Stored content for a SQLAlchemy model, used through an ``AsyncSession``
+    (the ``a*`` methods), or through a sync ``Session`` with granite-storage
+    0.1.0's blocking methods (``set_content``, ``get_content``, ...; the model
+    is then configured with a ``granite_storage.sync.StorageManager``).
 
     Class variables:
 
@@ -78,28 +88,33 @@ class StoredContentMixin:
 
     @classmethod
     def configure_storage_manager(
-        cls, manager: StorageManager, *, ledger: ObjectLedger | None = None
+        cls,
+        manager: StorageManager | BlockingStorageManager,
+        *,
+        ledger: ObjectLedger | None = None,
     ) -> None:
         """Use ``manager`` for this class and its subclasses (those that do not
         configure their own). Calling it again replaces the manager (and the
         ledger). ``StoredContentMixin.configure_storage_manager(manager)`` sets
         it for every model at once.
 
+        :param manager: a ``granite_storage.StorageManager`` for the async
+            methods, or a ``granite_storage.sync.StorageManager`` for the
+            blocking ones (the async methods then use its ``async_manager``).
+
         :param ledger: an :class:`~granite_storage.integrations.sqlalchemy.ObjectLedger`
             to record every upload in (opt-in: strict, listing-free garbage
             collection; see ``docs/ledger.md``). ``None``: plain mode.
         :raises ConfigurationError: if ``manager`` or ``ledger`` has the wrong type.
         """
-        if not isinstance(manager, StorageManager):
-            raise ConfigurationError(
-                f"configure_storage_manager() takes a StorageManager, not {type(manager).__name__}"
-            )
+        async_manager, sync_manager = split_manager(manager)
         if ledger is not None and not isinstance(ledger, ObjectLedger):
             raise ConfigurationError(
                 f"configure_storage_manager(ledger=...) takes an ObjectLedger, not "
                 f"{type(ledger).__name__}"
             )
-        setattr(cls, MANAGER_ATTRIBUTE, manager)
+        setattr(cls, MANAGER_ATTRIBUTE, async_manager)
+        setattr(cls, SYNC_MANAGER_ATTRIBUTE, sync_manager)
         setattr(cls, PLUGIN_ATTRIBUTE, ledger)
         if not event.contains(cls, "after_insert", _unset_refs_are_null):
             event.listen(cls, "after_insert", _unset_refs_are_null, propagate=True)
@@ -111,7 +126,7 @@ class StoredContentMixin:
 
     @classmethod
     def get_storage_manager(cls) -> StorageManager:
-        """The configured manager.
+        """The configured async manager (a sync one's ``async_manager``).
 
         :raises ConfigurationError: if :meth:`configure_storage_manager` was not called.
         """
@@ -202,8 +217,10 @@ class StoredContentMixin:
         """Set the ref to ``None`` (no I/O) and return the previous ref. The
         previous object is deleted after the commit only if the policy opts in.
 
-        :raises StorageError: if the ref column is expired (refresh first).
+        :raises StorageError: if the ref column is expired (refresh first);
+            in a sync ``Session`` it is loaded instead, as any attribute.
         """
+        before_clear(self)
         return self.stored_content.clear()
 
 

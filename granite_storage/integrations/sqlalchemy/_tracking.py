@@ -17,8 +17,10 @@ that one sync ``Session`` (``AsyncSession.sync_session``; nothing global,
 nothing at import time); the pending objects live in ``session.info``. The
 listeners do no I/O and never raise: they pick the objects whose fate the
 transaction decided and hand them to ``_cleanup``, which checks and deletes
-them in a task on the event loop the mixin ran on.
-``drain_pending_deletions(session)`` waits for those tasks.
+them in a task on the event loop the mixin ran on (for a sync ``Session``
+used through the mixin's blocking methods, the loop of its sync manager, see
+:func:`start_cleanups_with`). ``drain_pending_deletions(session)`` waits for
+those tasks.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
-from granite_storage.integrations.sqlalchemy._cleanup import Pending, start_cleanup
+from granite_storage.integrations.sqlalchemy._cleanup import Pending, Submit, start_cleanup
 from granite_storage.integrations.sqlalchemy._plugin import TrackedObject
 
 logger = logging.getLogger("granite_storage")
@@ -56,6 +58,8 @@ class _SessionObjects:
     uploaded: list[_Entry] = field(default_factory=list)
     released: list[_Entry] = field(default_factory=list)
     tasks: set[Pending] = field(default_factory=set)
+    #: A sync Session's cleanups start here instead (its sync manager's loop).
+    submit: Submit | None = None
 
 
 # --------------------------------------------------------------------------- recording
@@ -79,6 +83,12 @@ def track_release(session: Session, obj: TrackedObject, *, delete_after_commit: 
     uploaded_here = any(entry.obj.ref.location == location for entry in state.uploaded)
     if delete_after_commit or uploaded_here:
         state.released.append(_Entry(obj, _current_transaction(session)))
+
+
+def start_cleanups_with(session: Session, submit: Submit) -> None:
+    """Start ``session``'s cleanups through ``submit``: for a sync ``Session``,
+    whose commit and rollback hooks run in a thread without an event loop."""
+    _state_for(session).submit = submit
 
 
 def _current_transaction(session: Session) -> SessionTransaction | None:
@@ -174,7 +184,7 @@ def _inside(transaction: SessionTransaction | None, boundary: SessionTransaction
 
 
 def _schedule(state: _SessionObjects, entries: list[_Entry], reason: str) -> None:
-    pending = start_cleanup(state.loop, [entry.obj for entry in entries], reason)
+    pending = start_cleanup(state.submit or state.loop, [entry.obj for entry in entries], reason)
     if pending is not None:
         state.tasks.add(pending)
         pending.add_done_callback(state.tasks.discard)

@@ -55,7 +55,7 @@ from granite_storage.integrations.sqlalchemy._db import Executor, aiter_batches,
 from granite_storage.integrations.sqlalchemy.types import StoredObjectRefType, stored_ref_columns
 from granite_storage.refs import StoredObjectRef
 
-__all__ = ["iter_metadata_storage_refs", "iter_model_storage_refs"]
+__all__ = ["iter_metadata_storage_refs", "iter_model_storage_refs", "select_model_storage_refs"]
 
 #: Rows fetched per round trip.
 DEFAULT_BATCH_SIZE = 1000
@@ -76,8 +76,7 @@ async def iter_model_storage_refs(
     :raises ConfigurationError: if ``model.attr`` is not a mapped
         ``StoredObjectRefType`` column, or ``batch_size`` < 1.
     """
-    column = _ref_column(model, attr)
-    async for ref in _aiter_refs(session, _refs_select(column), batch_size):
+    async for ref in _aiter_refs(session, select_model_storage_refs(model, attr), batch_size):
         yield ref
 
 
@@ -100,6 +99,19 @@ async def iter_metadata_storage_refs(
             statement = statement.where(column["storage_key"].as_string() == storage_key)
         async for ref in _aiter_refs(session, statement, batch_size):
             yield ref
+
+
+def select_model_storage_refs(model: type[Any], attr: str) -> Select[Any]:
+    """The query of :func:`iter_model_storage_refs`: the non-null refs of
+    ``model.attr``. Run it yourself to add conditions or to read it in the
+    thread that owns a sync ``Session`` (``granite_storage.sync`` does)::
+
+        for ref in session.scalars(select_model_storage_refs(Document, "_file_ref")): ...
+
+    :raises ConfigurationError: if ``model.attr`` is not a mapped
+        ``StoredObjectRefType`` column.
+    """
+    return _refs_select(_ref_column(model, attr))
 
 
 def _ref_column(model: type[Any], attr: str) -> _Attr[Any]:
