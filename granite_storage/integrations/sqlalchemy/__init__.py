@@ -39,6 +39,9 @@ from granite_storage.integrations.sqlalchemy.refs import (
 from granite_storage.integrations.sqlalchemy.refs import (
     iter_model_storage_refs as iter_model_storage_refs,
 )
+from granite_storage.integrations.sqlalchemy.refs import (
+    select_model_storage_refs as select_model_storage_refs,
+)
 from granite_storage.integrations.sqlalchemy.types import StorageJSONType as StorageJSONType
 from granite_storage.integrations.sqlalchemy.types import (
     StoredObjectRefType as StoredObjectRefType,
@@ -70,6 +73,7 @@ __all__ = [
     "ledger_table",
     "portable_storage_ref_type",
     "ref_rewriter",
+    "select_model_storage_refs",
     "stored_content_field",
     "stored_ref_columns",
 ]
