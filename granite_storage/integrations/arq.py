@@ -79,6 +79,8 @@ async def collect_garbage(
     delete: bool = True,
     min_age_seconds: float | None = None,
     max_deletions: int | None = None,
+    backend_key: str | None = None,
+    delete_source: bool = False,
 ) -> dict[str, Any]:
     """An arq job: collect the orphans of ``storage_key`` and return the report as a dict.
 
@@ -88,6 +90,9 @@ async def collect_garbage(
         the collector, the job deletes by default: it is meant to be scheduled.
     :param min_age_seconds: the grace period (default one hour).
     :param max_deletions: stop after this many deletions.
+    :param backend_key: collect this backend instead of the policy's (a move
+        between backends), and with ``delete_source=True`` delete the source
+        copies of moved objects there: see ``StorageGarbageCollector.acollect``.
     :raises ConfigurationError: if the context lacks the manager or the
         references callable (see the module docstring).
     :raises StorageError: as :meth:`StorageGarbageCollector.acollect` does.
@@ -97,7 +102,12 @@ async def collect_garbage(
     collector = StorageGarbageCollector(
         manager, lambda: references(storage_key), min_age=min_age, max_deletions=max_deletions
     )
-    report = await collector.acollect(storage_key=storage_key, dry_run=not delete)
+    report = await collector.acollect(
+        storage_key=storage_key,
+        dry_run=not delete,
+        backend_key=backend_key,
+        delete_source=delete_source,
+    )
     if not report.ok:
         logger.warning("garbage collection of %r had %d failures", storage_key, report.failed)
     return report.to_dict()

@@ -27,6 +27,7 @@ from granite_storage.integrations.arq import (
     MANAGER_CTX_KEY,
     REFERENCES_CTX_KEY,
     REWRITE_CTX_KEY,
+    collect_garbage,
     migrate_objects,
 )
 from granite_storage.integrations.sqlalchemy import (
@@ -266,6 +267,15 @@ async def test_the_arq_job(site: Site) -> None:
     assert (result["copied"], result["rewritten"], result["failed"]) == (1, 1, {})
     with pytest.raises(ConfigurationError, match="granite_storage_rewrite"):
         await migrate_objects({**ctx, REWRITE_CTX_KEY: None}, "docs", "new")
+    # Then, with the policy switched, the gc job deletes the source.
+    (ref,) = await site.refs()
+    switched = manager_for(site.new, "docs", backend_key="new", extra_backends={"old": site.old})
+    job = {**ctx, MANAGER_CTX_KEY: switched}
+    report = await collect_garbage(
+        job, "docs", min_age_seconds=0, backend_key="old", delete_source=True
+    )
+    assert (report["deleted"], report["failed"]) == (1, 0)
+    assert not await site.old.aexists(ref) and await switched.aget(ref, verify=True)
 
 
 @pytest.mark.s3
