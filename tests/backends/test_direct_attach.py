@@ -41,9 +41,6 @@ class Video(StoredContentMixin, Base):
     file_ref: Mapped[StoredObjectRef | None] = mapped_column(StoredObjectRefType(), nullable=True)
 
 
-LEDGER = ObjectLedger(Base.metadata)
-
-
 @pytest.fixture(params=["plain", "ledger"])
 async def sessions(
     request: pytest.FixtureRequest,
@@ -59,8 +56,10 @@ async def sessions(
             backends={"s3": backend},
             policies={"videos": StoragePolicy("videos", "s3", key_prefix="videos")},
         )
+        # The ledger reserves direct uploads when they are created: it needs its engine.
+        ledger = ObjectLedger(Base.metadata, intent_bind=sqlite_engine)
         Video.configure_storage_manager(
-            manager, ledger=LEDGER if request.param == "ledger" else None
+            manager, ledger=ledger if request.param == "ledger" else None
         )
         yield async_sessionmaker(sqlite_engine, expire_on_commit=False), manager
 

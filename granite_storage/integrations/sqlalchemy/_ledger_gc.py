@@ -138,9 +138,17 @@ class LedgerGarbageCollector(BaseCollector):
         report, cap = plan.new_report(), plan.max_deletions
         started = time.monotonic()
         table, name, key = self.ledger.table, plan.backend.backend_name, plan.policy.storage_key
+        reserved = plan.leftover_cutoff  # a direct upload is reserved as long as it may run
         old, young = await arun_on_connection(
             self.bind,
-            lambda c: count_candidates(c, table, storage_key=key, backend=name, cutoff=plan.cutoff),
+            lambda c: count_candidates(
+                c,
+                table,
+                storage_key=key,
+                backend=name,
+                cutoff=plan.cutoff,
+                reserved_cutoff=reserved,
+            ),
         )
         report.scanned, report.skipped_too_young = old + young, young
         if plan.dry_run:
@@ -155,6 +163,7 @@ class LedgerGarbageCollector(BaseCollector):
                     storage_key=key,
                     backend=name,
                     cutoff=plan.cutoff,
+                    reserved_cutoff=reserved,
                     limit=ORPHAN_SAMPLE_SIZE,
                 ),
             )
@@ -178,6 +187,7 @@ class LedgerGarbageCollector(BaseCollector):
                 storage_key=plan.policy.storage_key,
                 backend=plan.backend.backend_name,
                 cutoff=plan.cutoff,
+                reserved_cutoff=plan.leftover_cutoff,
                 stamp=plan.now,
                 limit=limit,
                 lock_wait=self.ledger.lock_timeout,
@@ -269,6 +279,7 @@ class LedgerGarbageCollector(BaseCollector):
                         locations=wanted,
                         stamp=plan.now,
                         lock_wait=self.ledger.lock_timeout,
+                        reserved_cutoff=plan.leftover_cutoff,
                     ),
                 )
             except LockUnavailableError:
@@ -281,7 +292,9 @@ class LedgerGarbageCollector(BaseCollector):
             return result
 
         async def in_use(locations: list[str]) -> list[str]:
-            return await arun_on_connection(bind, lambda c: intents(c, table, locations))
+            return await arun_on_connection(
+                bind, lambda c: intents(c, table, locations, plan.leftover_cutoff)
+            )
 
         options = RunOptions(
             iter_references=source,

@@ -35,7 +35,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, MetaData, Table, delete, func, select, update
+from sqlalchemy import (
+    Connection,
+    MetaData,
+    Table,
+    and_,
+    delete,
+    func,
+    not_,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
@@ -158,24 +169,21 @@ def win_candidates(
     storage_key: str,
     backend: str,
     cutoff: datetime,
+    reserved_cutoff: datetime,
     stamp: datetime,
     limit: int,
     lock_wait: timedelta | None,
 ) -> Won:
     """Win up to ``limit`` candidate rows of one policy: ``intent``,
-    ``released`` or ``deleting`` rows last changed before ``cutoff``.
+    ``released`` or ``deleting`` rows last changed before ``cutoff``, and
+    direct uploads (``uploading``) reserved before ``reserved_cutoff``.
 
     ``stamp`` (the run's start, at or after ``cutoff``) becomes their
     ``updated_at``, so one run never takes the same row twice.
 
     :raises LockUnavailableError: if the lock could not be had in time.
     """
-    where = [
-        table.c.storage_key == storage_key,
-        table.c.backend == backend,
-        table.c.state.in_([state.value for state in CANDIDATE_STATES]),
-        table.c.updated_at < cutoff,
-    ]
+    where = candidates(table, storage_key, backend, cutoff, reserved_cutoff, old=True)
     won = Won()
     with win_transaction(conn, lock_wait):
         won.deleting = _take(conn, table, where, limit=limit, stamp=stamp)
@@ -191,20 +199,25 @@ def win_locations(
     locations: Mapping[str, tuple[str, str]],
     stamp: datetime,
     lock_wait: timedelta | None,
+    reserved_cutoff: datetime | None = None,
 ) -> Won:
     """Win given locations, whatever their state: ``locations`` maps each to
     ``(storage_key, backend)``, used to insert a ``deleting`` row for the
     ones the ledger does not know (objects written before it, or outside it).
+    With ``reserved_cutoff``, a direct upload reserved since is kept (skipped).
 
     :raises LockUnavailableError: if the lock could not be had in time.
     """
     wanted = sorted(locations)
     won = Won()
+    kept = []
+    if reserved_cutoff is not None:
+        uploading = table.c.state == LedgerState.UPLOADING.value
+        kept.append(not_(and_(uploading, table.c.updated_at >= reserved_cutoff)))
     with win_transaction(conn, lock_wait):
         for batch in batched(wanted):
-            won.deleting.update(
-                _take(conn, table, [table.c.location.in_(batch)], limit=None, stamp=stamp)
-            )
+            where = [table.c.location.in_(batch), *kept]
+            won.deleting.update(_take(conn, table, where, limit=None, stamp=stamp))
         rest = [location for location in wanted if location not in won.deleting]
         present: set[str] = set()
         for batch in batched(rest):
@@ -274,28 +287,65 @@ def forget(conn: Connection, table: Table, locations: Sequence[str]) -> None:
             )
 
 
-def intents(conn: Connection, table: Table, locations: Sequence[str]) -> list[str]:
+def intents(
+    conn: Connection, table: Table, locations: Sequence[str], reserved_cutoff: datetime
+) -> list[str]:
     """Which of ``locations`` the ledger holds an intent for (an upload that
-    may still be running: its incomplete upload is never a leftover)."""
+    may still be running: its incomplete upload is never a leftover), or a
+    direct upload's reservation made since ``reserved_cutoff``."""
     found: list[str] = []
+    held = or_(
+        table.c.state == LedgerState.INTENT.value,
+        and_(table.c.state == LedgerState.UPLOADING.value, table.c.updated_at >= reserved_cutoff),
+    )
     with conn.begin():
         for batch in batched(sorted(locations)):
-            query = select(table.c.location).where(
-                table.c.location.in_(batch), table.c.state == LedgerState.INTENT.value
-            )
+            query = select(table.c.location).where(table.c.location.in_(batch), held)
             found.extend(conn.execute(query).scalars())
     return found
 
 
-def count_candidates(
-    conn: Connection, table: Table, *, storage_key: str, backend: str, cutoff: datetime
-) -> tuple[int, int]:
-    """``(old enough, too young)`` candidate rows of one policy, without locking."""
-    old = table.c.updated_at < cutoff
-    query = select(func.count().filter(old), func.count().filter(~old)).where(
+def candidates(
+    table: Table,
+    storage_key: str,
+    backend: str,
+    cutoff: datetime,
+    reserved_cutoff: datetime,
+    *,
+    old: bool | None,
+) -> list[Any]:
+    """The WHERE clauses of a policy's candidate rows: old enough
+    (``old=True``), too young (``False``) or both (``None``). A direct
+    upload's reservation is old enough once it is older than ``reserved_cutoff``."""
+    uploading = table.c.state == LedgerState.UPLOADING.value
+    aged = or_(
+        and_(table.c.state.in_([state.value for state in CANDIDATE_STATES]),
+             table.c.updated_at < cutoff),
+        and_(uploading, table.c.updated_at < reserved_cutoff),
+    )  # fmt: skip
+    where = [
         table.c.storage_key == storage_key,
         table.c.backend == backend,
-        table.c.state.in_([state.value for state in CANDIDATE_STATES]),
+        table.c.state.in_([state.value for state in (*CANDIDATE_STATES, LedgerState.UPLOADING)]),
+    ]
+    if old is not None:
+        where.append(aged if old else not_(aged))
+    return where
+
+
+def count_candidates(
+    conn: Connection,
+    table: Table,
+    *,
+    storage_key: str,
+    backend: str,
+    cutoff: datetime,
+    reserved_cutoff: datetime,
+) -> tuple[int, int]:
+    """``(old enough, too young)`` candidate rows of one policy, without locking."""
+    (aged,) = candidates(table, storage_key, backend, cutoff, reserved_cutoff, old=True)[-1:]
+    query = select(func.count().filter(aged), func.count().filter(not_(aged))).where(
+        *candidates(table, storage_key, backend, cutoff, reserved_cutoff, old=None)
     )
     with conn.begin():
         row = conn.execute(query).one()
@@ -303,17 +353,19 @@ def count_candidates(
 
 
 def sample_candidates(
-    conn: Connection, table: Table, *, storage_key: str, backend: str, cutoff: datetime, limit: int
+    conn: Connection,
+    table: Table,
+    *,
+    storage_key: str,
+    backend: str,
+    cutoff: datetime,
+    reserved_cutoff: datetime,
+    limit: int,
 ) -> list[str]:
     """The locations of the first ``limit`` old-enough candidates (a dry run's sample)."""
     query = (
         select(table.c.location)
-        .where(
-            table.c.storage_key == storage_key,
-            table.c.backend == backend,
-            table.c.state.in_([state.value for state in CANDIDATE_STATES]),
-            table.c.updated_at < cutoff,
-        )
+        .where(*candidates(table, storage_key, backend, cutoff, reserved_cutoff, old=True))
         .order_by(table.c.updated_at)
         .limit(limit)
     )
