@@ -159,14 +159,7 @@ class ObjectLedger:
 
         :raises InvalidLocationError: if ``location`` is unsafe.
         """
-        row = new_row(
-            location=validate_location(location),
-            storage_key=storage_key,
-            backend=backend,
-            now=self.now(),
-        )
-        intent = insert(self.table).values(**row, state=LedgerState.INTENT.value)
-        await arun_on_connection(bind, lambda conn: commit(conn, intent))
+        await self._arecord(bind, LedgerState.INTENT, location, storage_key, backend)
 
     async def areserve_direct_upload(
         self, *, location: str, storage_key: str, backend: str
@@ -190,14 +183,25 @@ class ObjectLedger:
                 "any session, so it needs to know the database: pass "
                 "ObjectLedger(..., intent_bind=engine) (or record_intents=False)"
             )
+        await self._arecord(self.intent_bind, LedgerState.UPLOADING, location, storage_key, backend)
+
+    async def _arecord(
+        self,
+        bind: Engine | AsyncEngine,
+        state: LedgerState,
+        location: str,
+        storage_key: str,
+        backend: str,
+    ) -> None:
+        """Insert a row for ``location`` in ``state``, committed on its own."""
         row = new_row(
             location=validate_location(location),
             storage_key=storage_key,
             backend=backend,
             now=self.now(),
         )
-        reserve = insert(self.table).values(**row, state=LedgerState.UPLOADING.value)
-        await arun_on_connection(self.intent_bind, lambda conn: commit(conn, reserve))
+        statement = insert(self.table).values(**row, state=state.value)
+        await arun_on_connection(bind, lambda conn: commit(conn, statement))
 
     async def aclaim_upload(
         self,

@@ -58,6 +58,7 @@ from granite_storage.integrations.sqlalchemy.refs import referenced_locations_st
 
 #: The states a listing-free collection looks at (once older than its cutoff).
 CANDIDATE_STATES = (LedgerState.INTENT, LedgerState.RELEASED, LedgerState.DELETING)
+UPLOADING = LedgerState.UPLOADING
 _LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL: lock_timeout expired
 
 
@@ -165,25 +166,20 @@ def win_candidates(
     conn: Connection,
     table: Table,
     metadata: MetaData,
+    wanted: Candidates,
     *,
-    storage_key: str,
-    backend: str,
-    cutoff: datetime,
-    reserved_cutoff: datetime,
     stamp: datetime,
     limit: int,
     lock_wait: timedelta | None,
 ) -> Won:
-    """Win up to ``limit`` candidate rows of one policy: ``intent``,
-    ``released`` or ``deleting`` rows last changed before ``cutoff``, and
-    direct uploads (``uploading``) reserved before ``reserved_cutoff``.
+    """Win up to ``limit`` old-enough candidate rows (see :class:`Candidates`).
 
-    ``stamp`` (the run's start, at or after ``cutoff``) becomes their
+    ``stamp`` (the run's start, at or after the cutoffs) becomes their
     ``updated_at``, so one run never takes the same row twice.
 
     :raises LockUnavailableError: if the lock could not be had in time.
     """
-    where = candidates(table, storage_key, backend, cutoff, reserved_cutoff, old=True)
+    where = wanted.where(table, old=True)
     won = Won()
     with win_transaction(conn, lock_wait):
         won.deleting = _take(conn, table, where, limit=limit, stamp=stamp)
@@ -212,7 +208,7 @@ def win_locations(
     won = Won()
     kept = []
     if reserved_cutoff is not None:
-        uploading = table.c.state == LedgerState.UPLOADING.value
+        uploading = table.c.state == UPLOADING.value
         kept.append(not_(and_(uploading, table.c.updated_at >= reserved_cutoff)))
     with win_transaction(conn, lock_wait):
         for batch in batched(wanted):
@@ -305,67 +301,56 @@ def intents(
     return found
 
 
-def candidates(
-    table: Table,
-    storage_key: str,
-    backend: str,
-    cutoff: datetime,
-    reserved_cutoff: datetime,
-    *,
-    old: bool | None,
-) -> list[Any]:
-    """The WHERE clauses of a policy's candidate rows: old enough
-    (``old=True``), too young (``False``) or both (``None``). A direct
-    upload's reservation is old enough once it is older than ``reserved_cutoff``."""
-    uploading = table.c.state == LedgerState.UPLOADING.value
-    aged = or_(
-        and_(table.c.state.in_([state.value for state in CANDIDATE_STATES]),
-             table.c.updated_at < cutoff),
-        and_(uploading, table.c.updated_at < reserved_cutoff),
-    )  # fmt: skip
-    where = [
-        table.c.storage_key == storage_key,
-        table.c.backend == backend,
-        table.c.state.in_([state.value for state in (*CANDIDATE_STATES, LedgerState.UPLOADING)]),
-    ]
-    if old is not None:
-        where.append(aged if old else not_(aged))
-    return where
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """Which rows of one policy a listing-free collection may take: ``intent``,
+    ``released`` and ``deleting`` rows last changed before ``cutoff``, and
+    direct uploads (``uploading``) reserved before ``reserved_cutoff`` (the
+    collector's leftover cutoff: a direct upload may run that long)."""
+
+    storage_key: str
+    backend: str
+    cutoff: datetime
+    reserved_cutoff: datetime
+
+    def where(self, table: Table, *, old: bool | None) -> list[Any]:
+        """The WHERE clauses of the rows old enough (``old=True``), too young
+        (``False``) or both (``None``)."""
+        where = [
+            table.c.storage_key == self.storage_key,
+            table.c.backend == self.backend,
+            table.c.state.in_([state.value for state in (*CANDIDATE_STATES, UPLOADING)]),
+        ]
+        if old is not None:
+            aged = self.aged(table)
+            where.append(aged if old else not_(aged))
+        return where
+
+    def aged(self, table: Table) -> Any:
+        """The clause of the rows old enough to take."""
+        return or_(
+            and_(table.c.state.in_([state.value for state in CANDIDATE_STATES]),
+                 table.c.updated_at < self.cutoff),
+            and_(table.c.state == UPLOADING.value, table.c.updated_at < self.reserved_cutoff),
+        )  # fmt: skip
 
 
-def count_candidates(
-    conn: Connection,
-    table: Table,
-    *,
-    storage_key: str,
-    backend: str,
-    cutoff: datetime,
-    reserved_cutoff: datetime,
-) -> tuple[int, int]:
+def count_candidates(conn: Connection, table: Table, wanted: Candidates) -> tuple[int, int]:
     """``(old enough, too young)`` candidate rows of one policy, without locking."""
-    (aged,) = candidates(table, storage_key, backend, cutoff, reserved_cutoff, old=True)[-1:]
+    aged = wanted.aged(table)
     query = select(func.count().filter(aged), func.count().filter(not_(aged))).where(
-        *candidates(table, storage_key, backend, cutoff, reserved_cutoff, old=None)
+        *wanted.where(table, old=None)
     )
     with conn.begin():
         row = conn.execute(query).one()
     return int(row[0]), int(row[1])
 
 
-def sample_candidates(
-    conn: Connection,
-    table: Table,
-    *,
-    storage_key: str,
-    backend: str,
-    cutoff: datetime,
-    reserved_cutoff: datetime,
-    limit: int,
-) -> list[str]:
+def sample_candidates(conn: Connection, table: Table, wanted: Candidates, limit: int) -> list[str]:
     """The locations of the first ``limit`` old-enough candidates (a dry run's sample)."""
     query = (
         select(table.c.location)
-        .where(*candidates(table, storage_key, backend, cutoff, reserved_cutoff, old=True))
+        .where(*wanted.where(table, old=True))
         .order_by(table.c.updated_at)
         .limit(limit)
     )
