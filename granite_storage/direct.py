@@ -163,11 +163,11 @@ class DirectUploads:
     ) -> DirectUpload:
         """Start a direct multipart upload to a new location of the policy.
 
-        :param size: the size the client declares, if known: refused at once
-            over ``max_size``, and it sets the part size and count.
         Each :class:`DirectUploadHook` added to the manager is told the
         location first (the object ledger reserves it).
 
+        :param size: the size the client declares, if known: refused at once
+            over ``max_size``, and it sets the part size and count.
         :raises ContentTooLargeError: if ``size`` is over the policy's ``max_size``.
         :raises OperationNotSupportedError: if the backend cannot sign (S3 can).
         """

@@ -136,6 +136,18 @@ async def test_a_live_direct_upload_is_reserved_then_claimed(
     assert await env.manager.aget(ref, verify=True) == b"frames"
 
 
+async def test_a_ref_set_by_hand_is_claimed_by_the_flush(env: Env) -> None:
+    """The router's way: complete, then set the ref on the row (on_complete)."""
+    upload = await env.send(2)
+    ref = await env.manager.acomplete_direct_upload(upload)
+    assert await env.states() == {upload.location: "uploading"}  # still reserved
+    async with env.sessions() as session, session.begin():
+        (await session.get_one(Clip, 2)).file_ref = ref
+    assert await env.states() == {upload.location: "live"}
+    assert (await env.collector.acollect(storage_key="clips", dry_run=False)).deleted == 0
+    assert await env.manager.aexists(ref)
+
+
 async def test_an_attach_that_rolls_back_gives_the_object_back_to_the_collector(
     env: Env, s3_client: Any, s3_bucket: str
 ) -> None:
