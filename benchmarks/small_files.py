@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -22,6 +23,10 @@ from benchmarks._setups import STORAGE_KEY, granite_local_manager, legacy_local_
 
 __all__ = ["run"]
 
+_NO_DETECT = "granite_storage, detect_content_type=False"
+_PNG_HEAD = (
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x01\x00\x00\x00\x01\x00\x08\x02\x00\x00\x00"
+)
 _PUT: dict[str, Any] = {"storage_key": STORAGE_KEY, "model_name": "document", "field_name": "file"}
 
 
@@ -43,10 +48,20 @@ def _check_count(root: str, expected: int) -> None:
 
 
 async def granite_small(
-    timer: Timer, *, root: str, count: int, size: int, concurrency: int, fsync: bool
-) -> None:
-    manager = granite_local_manager(root, fsync=fsync)
+    timer: Timer,
+    *,
+    root: str,
+    count: int,
+    size: int,
+    concurrency: int,
+    fsync: bool,
+    detect: bool = True,
+    png: bool = False,
+) -> dict[str, float]:
+    manager = granite_local_manager(root, fsync=fsync, detect_content_type=detect)
     payload = random_block(size)
+    if png:  # a PNG's signature and header chunk, then the random bytes
+        payload = (_PNG_HEAD + payload)[:size]
     await manager.aput_bytes(**_PUT, entity_id="warm-up", content=payload)
 
     async def upload(index: int) -> None:
@@ -54,9 +69,12 @@ async def granite_small(
             **_PUT, entity_id=index, content=payload, original_filename="f.bin"
         )
 
+    cpu = time.process_time()
     with timer:
         await _run_workers(concurrency, count, upload)
+    cpu = time.process_time() - cpu
     _check_count(root, count)
+    return {"cpu_s": cpu}
 
 
 async def legacy_small(
@@ -134,6 +152,8 @@ def run(ctx: Context) -> list[Row]:
         }
         if not fsync:
             jobs["0.1.0"] = Job(f"{mod}:legacy_small", kwargs, legacy=True)
+            jobs["no-detect"] = Job(f"{mod}:granite_small", {**kwargs, "detect": False})
+            jobs["png"] = Job(f"{mod}:granite_small", {**kwargs, "png": True})
         out = ctx.compare(jobs, before_each=empty_dir(root))
         rate = per_second(n)
         raw_label = f"raw file ops, {conc} threads" + (" +fsync" if fsync else "")
@@ -148,7 +168,12 @@ def run(ctx: Context) -> list[Row]:
                 "files/s",
                 True,
                 out["granite"].figure("granite_storage", rate),
-                [out["raw"].figure(raw_label, rate, short="raw")],
+                [out["raw"].figure(raw_label, rate, short="raw")]
+                + (
+                    [out["no-detect"].figure(_NO_DETECT, rate, short="no detect")]
+                    if "no-detect" in out
+                    else []
+                ),
                 ctx.legacy_figure(old, rate) if old else None,
                 targets,
                 note=(
@@ -158,4 +183,16 @@ def run(ctx: Context) -> list[Row]:
                 ),
             )
         )
+        if "png" in out:
+            rows.append(
+                Row(
+                    f"{scenario} (fsync=False), PNG payloads",
+                    "files per second",
+                    "files/s",
+                    True,
+                    out["png"].figure("granite_storage, PNG payloads", rate),
+                    [out["no-detect"].figure(_NO_DETECT, rate, short="no detect")],
+                    note="content-type detection on PNGs vs no detection (#16)",
+                )
+            )
     return rows

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import anyio
 
@@ -40,7 +40,7 @@ from granite_storage.streams import check_size_limit
 if TYPE_CHECKING:
     from granite_storage.manager import StorageManager
 
-__all__ = ["MIN_PART_SIZE", "DirectUpload", "UploadedPart", "part_size_for"]
+__all__ = ["MIN_PART_SIZE", "DirectUpload", "DirectUploadHook", "UploadedPart", "part_size_for"]
 
 #: The smallest part S3 accepts (all parts but the last).
 MIN_PART_SIZE = 5 * 1024 * 1024
@@ -111,11 +111,44 @@ def _optional(data: Mapping[str, Any]) -> dict[str, Any]:
     return {name: data[name] for name in _TYPES if name not in _REQUIRED and name in data}
 
 
+class DirectUploadHook(Protocol):
+    """What a manager tells about the direct uploads it starts, when a hook
+    is added with :meth:`DirectUploads.add_direct_upload_hook`. The SQLAlchemy
+    integration's object ledger is one: it reserves each upload's location,
+    so that its collector leaves a live direct upload alone and finds an
+    abandoned one without listing the bucket."""
+
+    async def areserve_direct_upload(
+        self, *, location: str, storage_key: str, backend: str
+    ) -> None:
+        """Called with the new upload's location before the multipart upload
+        starts (``backend`` is the backend's name); raising stops
+        ``acreate_direct_upload``, with nothing started."""
+
+
 class DirectUploads:
     """The direct-upload methods of :class:`~granite_storage.StorageManager`."""
 
+    _direct_upload_hooks: tuple[DirectUploadHook, ...] = ()
+
     def _manager(self) -> StorageManager:
         return cast("StorageManager", self)
+
+    def add_direct_upload_hook(self, hook: DirectUploadHook) -> None:
+        """Tell ``hook`` about every direct upload this manager creates (once,
+        however often it is added). Integrations call it, e.g.
+        ``configure_storage_manager(manager, ledger=...)``."""
+        if hook not in self._direct_upload_hooks:
+            self._direct_upload_hooks = (*self._direct_upload_hooks, hook)
+
+    def remove_direct_upload_hook(self, hook: DirectUploadHook) -> None:
+        """Stop telling ``hook``; one that was not added is ignored."""
+        self._direct_upload_hooks = tuple(h for h in self._direct_upload_hooks if h is not hook)
+
+    @property
+    def direct_upload_hooks(self) -> tuple[DirectUploadHook, ...]:
+        """The hooks told about new direct uploads."""
+        return self._direct_upload_hooks
 
     async def acreate_direct_upload(
         self,
@@ -129,6 +162,9 @@ class DirectUploads:
         size: int | None = None,
     ) -> DirectUpload:
         """Start a direct multipart upload to a new location of the policy.
+
+        Each :class:`DirectUploadHook` added to the manager is told the
+        location first (the object ledger reserves it).
 
         :param size: the size the client declares, if known: refused at once
             over ``max_size``, and it sets the part size and count.
@@ -150,9 +186,12 @@ class DirectUploads:
             field_name=field_name,
             original_filename=original_filename,
         )
-        upload_id = await manager.get_backend_for_policy(policy).acreate_multipart_upload(
-            key=location, content_type=content_type
-        )
+        backend = manager.get_backend_for_policy(policy)
+        for hook in self._direct_upload_hooks:
+            await hook.areserve_direct_upload(
+                location=location, storage_key=policy.storage_key, backend=backend.backend_name
+            )
+        upload_id = await backend.acreate_multipart_upload(key=location, content_type=content_type)
         part_size = part_size_for(size if size is not None else policy.max_size)
         return DirectUpload(
             storage_key, location, upload_id, part_size,

@@ -41,9 +41,6 @@ class Video(StoredContentMixin, Base):
     file_ref: Mapped[StoredObjectRef | None] = mapped_column(StoredObjectRefType(), nullable=True)
 
 
-LEDGER = ObjectLedger(Base.metadata)
-
-
 @pytest.fixture(params=["plain", "ledger"])
 async def sessions(
     request: pytest.FixtureRequest,
@@ -56,8 +53,10 @@ async def sessions(
         await conn.run_sync(Base.metadata.create_all)
     async with open_s3_backend(s3_endpoint_url, s3_bucket, session=aioboto3_session) as backend:
         manager = manager_for(backend, "videos", backend_key="s3")
+        # The ledger reserves direct uploads when they are created: it needs its engine.
+        ledger = ObjectLedger(Base.metadata, intent_bind=sqlite_engine)
         Video.configure_storage_manager(
-            manager, ledger=LEDGER if request.param == "ledger" else None
+            manager, ledger=ledger if request.param == "ledger" else None
         )
         yield async_sessionmaker(sqlite_engine, expire_on_commit=False), manager
 

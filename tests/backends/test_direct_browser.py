@@ -40,8 +40,6 @@ NPM_CACHE = Path(
     os.environ.get("GRANITE_STORAGE_NPM_CACHE", Path.home() / ".cache" / "granite-storage-npm")
 )
 SIZE = 40 * 1024 * 1024
-#: An ISO base media file type box: libmagic reads the bytes after it as an MP4 video.
-MP4_HEAD = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"
 
 DRIVER = """
 const { chromium } = require(process.argv[2]);
@@ -190,7 +188,8 @@ async def upload_in_browser(
     """Run ``script`` on a new 40 MiB file; its last output line and the row's
     ref, once checked that the sha256 is the file's and nothing is left pending."""
     await s3_client.put_bucket_cors(Bucket=bucket, CORSConfiguration=CORS)
-    data = MP4_HEAD + os.urandom(SIZE - len(MP4_HEAD))  # detected from its bytes as video/mp4
+    mp4 = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2"  # the type comes from the bytes
+    data = mp4 + os.urandom(SIZE - len(mp4))
     result = await anyio.to_thread.run_sync(drive, tools, f"{app_url}/videos/1", data, tmp, script)
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.startswith("done v/video/1/file_ref/"), result.stdout + result.stderr

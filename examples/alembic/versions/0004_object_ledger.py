@@ -45,7 +45,7 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("state", sa.String(16), nullable=False),
         sa.CheckConstraint(
-            "state IN ('intent', 'live', 'released', 'deleting')",
+            "state IN ('intent', 'uploading', 'live', 'released', 'deleting')",
             name="ck_granite_storage_objects_state",
         ),
         sa.PrimaryKeyConstraint("location"),

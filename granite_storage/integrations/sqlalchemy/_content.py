@@ -329,6 +329,7 @@ class StoredContent:
                 location=location,
                 storage_key=policy.storage_key,
                 backend=manager.get_backend_for_policy(policy).backend_name,
+                reserved=isinstance(source, DirectUpload),
             )
         try:
             if isinstance(source, DirectUpload):

@@ -57,6 +57,7 @@ from granite_storage.integrations.sqlalchemy._ledger_sweep import forget, win_lo
 from granite_storage.integrations.sqlalchemy._mapping import bind_of
 from granite_storage.integrations.sqlalchemy._plugin import TrackedObject
 from granite_storage.locations import validate_location
+from granite_storage.manager import StorageManager
 
 logger = logging.getLogger("granite_storage")
 
@@ -158,21 +159,63 @@ class ObjectLedger:
 
         :raises InvalidLocationError: if ``location`` is unsafe.
         """
+        await self._arecord(bind, LedgerState.INTENT, location, storage_key, backend)
+
+    async def areserve_direct_upload(
+        self, *, location: str, storage_key: str, backend: str
+    ) -> None:
+        """Reserve the location of a new direct upload (state ``uploading``)
+        in its own committed transaction on ``intent_bind``; the manager calls
+        it from ``acreate_direct_upload`` once this ledger is configured
+        (``configure_storage_manager(manager, ledger=...)``). The collector
+        leaves the reservation alone until it is older than its
+        ``leftover_min_age``; ``aattach_direct_upload`` claims it. Nothing is
+        recorded with ``record_intents=False``.
+
+        :raises ConfigurationError: if the ledger has no ``intent_bind``: no
+            session tells it which database to record in at that point.
+        """
+        if not self.record_intents:
+            return
+        if self.intent_bind is None:
+            raise ConfigurationError(
+                "the object ledger reserves each direct upload when it is created, outside "
+                "any session, so it needs to know the database: pass "
+                "ObjectLedger(..., intent_bind=engine) (or record_intents=False)"
+            )
+        await self._arecord(self.intent_bind, LedgerState.UPLOADING, location, storage_key, backend)
+
+    async def _arecord(
+        self,
+        bind: Engine | AsyncEngine,
+        state: LedgerState,
+        location: str,
+        storage_key: str,
+        backend: str,
+    ) -> None:
+        """Insert a row for ``location`` in ``state``, committed on its own."""
         row = new_row(
             location=validate_location(location),
             storage_key=storage_key,
             backend=backend,
             now=self.now(),
         )
-        intent = insert(self.table).values(**row, state=LedgerState.INTENT.value)
-        await arun_on_connection(bind, lambda conn: commit(conn, intent))
+        statement = insert(self.table).values(**row, state=state.value)
+        await arun_on_connection(bind, lambda conn: commit(conn, statement))
 
     async def aclaim_upload(
-        self, instance: object, *, location: str, storage_key: str, backend: str
+        self,
+        instance: object,
+        *,
+        location: str,
+        storage_key: str,
+        backend: str,
+        reserved: bool = False,
     ) -> LedgerClaim:
         """Record and claim ``location`` before an upload by ``instance``, in
         the transaction of its session (used by stored content; see
-        ``_ledger_claims``).
+        ``_ledger_claims``). ``reserved``: a direct upload, whose reservation
+        is claimed if there is one.
 
         :raises LedgerConflictError: if a collector won the intent before the claim.
         :raises ConfigurationError: if the transaction cannot see the committed
@@ -191,6 +234,7 @@ class ObjectLedger:
             mapper,
             self.table,
             intent_bind=intent_bind,
+            reserved=reserved,
             row=new_row(
                 location=location, storage_key=storage_key, backend=backend, now=self.now()
             ),
@@ -202,6 +246,15 @@ class ObjectLedger:
         """Delete objects a transaction left behind, through the ledger (used
         by the session listeners; never raises, failures are logged)."""
         await _asweep_tracked(self, objects, bind=bind, metadata=metadata, reason=reason)
+
+
+def reserve_direct_uploads(manager: StorageManager, ledger: ObjectLedger) -> None:
+    """Make ``manager`` reserve its direct uploads in ``ledger``, and in no
+    other ledger (one ledger per database, and a policy's objects live in one)."""
+    for hook in manager.direct_upload_hooks:
+        if isinstance(hook, ObjectLedger) and hook is not ledger:
+            manager.remove_direct_upload_hook(hook)
+    manager.add_direct_upload_hook(ledger)
 
 
 def _after_flush(session: Session, flush_context: UOWTransaction) -> None:

@@ -105,10 +105,14 @@ async def aclaim_upload(
     *,
     intent_bind: Engine | AsyncEngine | None,
     row: dict[str, Any],
+    reserved: bool = False,
 ) -> LedgerClaim:
     """Record and claim the location of ``row`` (a :func:`new_row`) before its
     upload (see the module docstring); ``intent_bind=None``: no intent, the
-    claim is made inside the application's transaction.
+    claim is made inside the application's transaction. ``reserved``: a
+    direct upload, whose reservation (``uploading``, recorded when it was
+    created) is claimed; without one, the location is recorded and claimed
+    as for any upload.
 
     :raises LedgerConflictError: if a collector won the intent before the claim.
     :raises ConfigurationError: if the transaction cannot see the committed
@@ -123,6 +127,8 @@ async def aclaim_upload(
             f"the object ledger supports PostgreSQL and SQLite, not {dialect!r}; configure "
             "the model without a ledger"
         )
+    if reserved and await app.arun(lambda conn: _claim_reservation(conn, table, location, now)):
+        return LedgerClaim(app, table, location)
     if intent_bind is None or holds_write_lock:
         live = insert(table).values(**row, state=LedgerState.LIVE.value)
         await app.arun(lambda conn: conn.execute(live))
@@ -162,6 +168,33 @@ async def aclaim_upload(
             location=location,
         )
     return LedgerClaim(app, table, location)
+
+
+def _claim_reservation(conn: Connection, table: Table, location: str, now: datetime) -> bool:
+    """Claim the reservation of a direct upload in the application's
+    transaction; ``False`` if there is no row for ``location``.
+
+    :raises LedgerConflictError: if the row is in another state: the collector
+        won the reservation (older than its ``leftover_min_age``) or another
+        transaction took the location.
+    """
+    claim = (
+        update(table)
+        .where(table.c.location == location, table.c.state == LedgerState.UPLOADING.value)
+        .values(state=LedgerState.LIVE.value, updated_at=now)
+        .returning(table.c.location)
+    )
+    if conn.execute(claim).first() is not None:
+        return True
+    state = conn.execute(select(table.c.state).where(table.c.location == location)).scalar()
+    if state is None:
+        return False
+    raise LedgerConflictError(
+        f"the direct upload to {location!r} cannot be attached: its ledger row is "
+        f"{state!r}, not 'uploading' (the garbage collector removes a reservation older "
+        "than its leftover_min_age, and an upload is attached once); start a new upload",
+        location=location,
+    )
 
 
 def new_row(*, location: str, storage_key: str, backend: str, now: datetime) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from granite_storage.gc._run import CollectionRun, Plan, RunOptions
 from granite_storage.integrations.sqlalchemy._db import arun_on_connection
 from granite_storage.integrations.sqlalchemy._ledger import ObjectLedger
 from granite_storage.integrations.sqlalchemy._ledger_sweep import (
+    Candidates,
     Won,
     count_candidates,
     forget,
@@ -138,9 +139,9 @@ class LedgerGarbageCollector(BaseCollector):
         report, cap = plan.new_report(), plan.max_deletions
         started = time.monotonic()
         table, name, key = self.ledger.table, plan.backend.backend_name, plan.policy.storage_key
+        wanted = Candidates(key, name, plan.cutoff, plan.leftover_cutoff)
         old, young = await arun_on_connection(
-            self.bind,
-            lambda c: count_candidates(c, table, storage_key=key, backend=name, cutoff=plan.cutoff),
+            self.bind, lambda c: count_candidates(c, table, wanted)
         )
         report.scanned, report.skipped_too_young = old + young, young
         if plan.dry_run:
@@ -148,15 +149,7 @@ class LedgerGarbageCollector(BaseCollector):
             if cap is not None and old > cap:
                 stop_at_cap(report, cap)
             report.orphan_sample = await arun_on_connection(
-                self.bind,
-                lambda c: sample_candidates(
-                    c,
-                    table,
-                    storage_key=key,
-                    backend=name,
-                    cutoff=plan.cutoff,
-                    limit=ORPHAN_SAMPLE_SIZE,
-                ),
+                self.bind, lambda c: sample_candidates(c, table, wanted, ORPHAN_SAMPLE_SIZE)
             )
         else:
             await self._asweep(report, plan, candidates=old)
@@ -170,18 +163,15 @@ class LedgerGarbageCollector(BaseCollector):
         """Win, check and delete batches until no candidate is left to win."""
         table, metadata, cap = self.ledger.table, self.reference_metadata, plan.max_deletions
 
+        wanted = Candidates(
+            plan.policy.storage_key, plan.backend.backend_name, plan.cutoff, plan.leftover_cutoff
+        )
+
         def win(conn: Connection, limit: int) -> Won:
             return win_candidates(
-                conn,
-                table,
-                metadata,
-                storage_key=plan.policy.storage_key,
-                backend=plan.backend.backend_name,
-                cutoff=plan.cutoff,
-                stamp=plan.now,
-                limit=limit,
-                lock_wait=self.ledger.lock_timeout,
-            )
+                conn, table, metadata, wanted,
+                stamp=plan.now, limit=limit, lock_wait=self.ledger.lock_timeout,
+            )  # fmt: skip
 
         won_total = 0
         while True:
@@ -269,6 +259,7 @@ class LedgerGarbageCollector(BaseCollector):
                         locations=wanted,
                         stamp=plan.now,
                         lock_wait=self.ledger.lock_timeout,
+                        reserved_cutoff=plan.leftover_cutoff,
                     ),
                 )
             except LockUnavailableError:
@@ -281,7 +272,9 @@ class LedgerGarbageCollector(BaseCollector):
             return result
 
         async def in_use(locations: list[str]) -> list[str]:
-            return await arun_on_connection(bind, lambda c: intents(c, table, locations))
+            return await arun_on_connection(
+                bind, lambda c: intents(c, table, locations, plan.leftover_cutoff)
+            )
 
         options = RunOptions(
             iter_references=source,

@@ -32,9 +32,17 @@ class LedgerState(StrEnum):
     row that references the object) -> ``released`` (a ref to it was replaced,
     cleared or deleted) -> ``deleting`` (won by a collector: nobody can claim
     it any more; the object is being deleted, then the row is).
+
+    ``uploading`` is the intent of a direct upload, recorded when it is
+    created (``StorageManager.acreate_direct_upload``): a client sends it
+    for as long as it takes, so the collector leaves it alone until it is
+    older than the collector's ``leftover_min_age`` (the same age at which an
+    idle multipart upload is aborted); attaching it to a row claims it
+    (``live``).
     """
 
     INTENT = "intent"
+    UPLOADING = "uploading"
     LIVE = "live"
     RELEASED = "released"
     DELETING = "deleting"

@@ -35,7 +35,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, MetaData, Table, delete, func, select, update
+from sqlalchemy import (
+    Connection,
+    MetaData,
+    Table,
+    and_,
+    delete,
+    func,
+    not_,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
@@ -47,6 +58,7 @@ from granite_storage.integrations.sqlalchemy.refs import referenced_locations_st
 
 #: The states a listing-free collection looks at (once older than its cutoff).
 CANDIDATE_STATES = (LedgerState.INTENT, LedgerState.RELEASED, LedgerState.DELETING)
+UPLOADING = LedgerState.UPLOADING
 _LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL: lock_timeout expired
 
 
@@ -154,28 +166,20 @@ def win_candidates(
     conn: Connection,
     table: Table,
     metadata: MetaData,
+    wanted: Candidates,
     *,
-    storage_key: str,
-    backend: str,
-    cutoff: datetime,
     stamp: datetime,
     limit: int,
     lock_wait: timedelta | None,
 ) -> Won:
-    """Win up to ``limit`` candidate rows of one policy: ``intent``,
-    ``released`` or ``deleting`` rows last changed before ``cutoff``.
+    """Win up to ``limit`` old-enough candidate rows (see :class:`Candidates`).
 
-    ``stamp`` (the run's start, at or after ``cutoff``) becomes their
+    ``stamp`` (the run's start, at or after the cutoffs) becomes their
     ``updated_at``, so one run never takes the same row twice.
 
     :raises LockUnavailableError: if the lock could not be had in time.
     """
-    where = [
-        table.c.storage_key == storage_key,
-        table.c.backend == backend,
-        table.c.state.in_([state.value for state in CANDIDATE_STATES]),
-        table.c.updated_at < cutoff,
-    ]
+    where = wanted.where(table, old=True)
     won = Won()
     with win_transaction(conn, lock_wait):
         won.deleting = _take(conn, table, where, limit=limit, stamp=stamp)
@@ -191,20 +195,25 @@ def win_locations(
     locations: Mapping[str, tuple[str, str]],
     stamp: datetime,
     lock_wait: timedelta | None,
+    reserved_cutoff: datetime | None = None,
 ) -> Won:
     """Win given locations, whatever their state: ``locations`` maps each to
     ``(storage_key, backend)``, used to insert a ``deleting`` row for the
     ones the ledger does not know (objects written before it, or outside it).
+    With ``reserved_cutoff``, a direct upload reserved since is kept (skipped).
 
     :raises LockUnavailableError: if the lock could not be had in time.
     """
     wanted = sorted(locations)
     won = Won()
+    kept = []
+    if reserved_cutoff is not None:
+        uploading = table.c.state == UPLOADING.value
+        kept.append(not_(and_(uploading, table.c.updated_at >= reserved_cutoff)))
     with win_transaction(conn, lock_wait):
         for batch in batched(wanted):
-            won.deleting.update(
-                _take(conn, table, [table.c.location.in_(batch)], limit=None, stamp=stamp)
-            )
+            where = [table.c.location.in_(batch), *kept]
+            won.deleting.update(_take(conn, table, where, limit=None, stamp=stamp))
         rest = [location for location in wanted if location not in won.deleting]
         present: set[str] = set()
         for batch in batched(rest):
@@ -274,46 +283,74 @@ def forget(conn: Connection, table: Table, locations: Sequence[str]) -> None:
             )
 
 
-def intents(conn: Connection, table: Table, locations: Sequence[str]) -> list[str]:
+def intents(
+    conn: Connection, table: Table, locations: Sequence[str], reserved_cutoff: datetime
+) -> list[str]:
     """Which of ``locations`` the ledger holds an intent for (an upload that
-    may still be running: its incomplete upload is never a leftover)."""
+    may still be running: its incomplete upload is never a leftover), or a
+    direct upload's reservation made since ``reserved_cutoff``."""
     found: list[str] = []
+    held = or_(
+        table.c.state == LedgerState.INTENT.value,
+        and_(table.c.state == LedgerState.UPLOADING.value, table.c.updated_at >= reserved_cutoff),
+    )
     with conn.begin():
         for batch in batched(sorted(locations)):
-            query = select(table.c.location).where(
-                table.c.location.in_(batch), table.c.state == LedgerState.INTENT.value
-            )
+            query = select(table.c.location).where(table.c.location.in_(batch), held)
             found.extend(conn.execute(query).scalars())
     return found
 
 
-def count_candidates(
-    conn: Connection, table: Table, *, storage_key: str, backend: str, cutoff: datetime
-) -> tuple[int, int]:
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """Which rows of one policy a listing-free collection may take: ``intent``,
+    ``released`` and ``deleting`` rows last changed before ``cutoff``, and
+    direct uploads (``uploading``) reserved before ``reserved_cutoff`` (the
+    collector's leftover cutoff: a direct upload may run that long)."""
+
+    storage_key: str
+    backend: str
+    cutoff: datetime
+    reserved_cutoff: datetime
+
+    def where(self, table: Table, *, old: bool | None) -> list[Any]:
+        """The WHERE clauses of the rows old enough (``old=True``), too young
+        (``False``) or both (``None``)."""
+        where = [
+            table.c.storage_key == self.storage_key,
+            table.c.backend == self.backend,
+            table.c.state.in_([state.value for state in (*CANDIDATE_STATES, UPLOADING)]),
+        ]
+        if old is not None:
+            aged = self.aged(table)
+            where.append(aged if old else not_(aged))
+        return where
+
+    def aged(self, table: Table) -> Any:
+        """The clause of the rows old enough to take."""
+        return or_(
+            and_(table.c.state.in_([state.value for state in CANDIDATE_STATES]),
+                 table.c.updated_at < self.cutoff),
+            and_(table.c.state == UPLOADING.value, table.c.updated_at < self.reserved_cutoff),
+        )  # fmt: skip
+
+
+def count_candidates(conn: Connection, table: Table, wanted: Candidates) -> tuple[int, int]:
     """``(old enough, too young)`` candidate rows of one policy, without locking."""
-    old = table.c.updated_at < cutoff
-    query = select(func.count().filter(old), func.count().filter(~old)).where(
-        table.c.storage_key == storage_key,
-        table.c.backend == backend,
-        table.c.state.in_([state.value for state in CANDIDATE_STATES]),
+    aged = wanted.aged(table)
+    query = select(func.count().filter(aged), func.count().filter(not_(aged))).where(
+        *wanted.where(table, old=None)
     )
     with conn.begin():
         row = conn.execute(query).one()
     return int(row[0]), int(row[1])
 
 
-def sample_candidates(
-    conn: Connection, table: Table, *, storage_key: str, backend: str, cutoff: datetime, limit: int
-) -> list[str]:
+def sample_candidates(conn: Connection, table: Table, wanted: Candidates, limit: int) -> list[str]:
     """The locations of the first ``limit`` old-enough candidates (a dry run's sample)."""
     query = (
         select(table.c.location)
-        .where(
-            table.c.storage_key == storage_key,
-            table.c.backend == backend,
-            table.c.state.in_([state.value for state in CANDIDATE_STATES]),
-            table.c.updated_at < cutoff,
-        )
+        .where(*wanted.where(table, old=True))
         .order_by(table.c.updated_at)
         .limit(limit)
     )

@@ -24,7 +24,7 @@ from granite_storage.integrations.sqlalchemy._content import (
     StoreOptions,
     UploadFileLike,
 )
-from granite_storage.integrations.sqlalchemy._ledger import ObjectLedger
+from granite_storage.integrations.sqlalchemy._ledger import ObjectLedger, reserve_direct_uploads
 from granite_storage.integrations.sqlalchemy._mapping import (
     MANAGER_ATTRIBUTE,
     PLUGIN_ATTRIBUTE,
@@ -116,6 +116,8 @@ class StoredContentMixin(SyncContentMethods):
         setattr(cls, MANAGER_ATTRIBUTE, async_manager)
         setattr(cls, SYNC_MANAGER_ATTRIBUTE, sync_manager)
         setattr(cls, PLUGIN_ATTRIBUTE, ledger)
+        if ledger is not None:  # reserves direct uploads as they are created
+            reserve_direct_uploads(async_manager, ledger)
         if not event.contains(cls, "after_insert", _unset_refs_are_null):
             event.listen(cls, "after_insert", _unset_refs_are_null, propagate=True)
         if ledger is not None and not event.contains(cls, "load", _watch_loaded):

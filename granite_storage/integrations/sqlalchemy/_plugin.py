@@ -60,10 +60,17 @@ class ContentPlugin(Protocol):
         """Follow ``session`` (no I/O; called again for every row it loads)."""
 
     async def aclaim_upload(
-        self, instance: object, *, location: str, storage_key: str, backend: str
+        self,
+        instance: object,
+        *,
+        location: str,
+        storage_key: str,
+        backend: str,
+        reserved: bool = False,
     ) -> UploadClaim:
         """Claim ``location`` for an upload by ``instance`` (which belongs to a
-        session), before any byte is sent."""
+        session), before any byte is sent; ``reserved``: a direct upload,
+        whose location may have been reserved when it was created."""
 
     async def asweep_tracked(
         self, objects: Sequence[TrackedObject], *, bind: Engine, metadata: MetaData, reason: str
