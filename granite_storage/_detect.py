@@ -7,7 +7,15 @@ from __future__ import annotations
 import threading
 
 import anyio.to_thread
-import magic
+
+try:
+    import magic
+except ImportError as exc:  # python-magic loads libmagic when imported
+    raise ImportError(
+        f"granite_storage detects content types with libmagic, which could not be loaded "
+        f"({exc}). Install it: `apt-get install libmagic1` (Debian, Ubuntu), "
+        "`apk add libmagic` (Alpine), `brew install libmagic` (macOS)."
+    ) from exc
 
 from granite_storage._signatures import MIN_HEAD, SIGNATURES, ZIP_ENTRY, sniff
 from granite_storage.http import aguess_content_type

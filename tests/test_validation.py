@@ -361,3 +361,13 @@ async def test_reject_executables(content: bytes) -> None:
 
 def test_head_size_is_what_detection_and_image_headers_need() -> None:
     assert HEAD_SIZE == 64 * 1024
+
+
+def test_a_missing_libmagic_says_how_to_install_it() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['magic'] = None; import granite_storage"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "could not be loaded" in result.stderr and "apt-get install libmagic1" in result.stderr
