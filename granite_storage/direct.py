@@ -22,6 +22,7 @@ bytes, never taken from the client.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -46,6 +47,8 @@ __all__ = ["MIN_PART_SIZE", "DirectUpload", "DirectUploadHook", "UploadedPart", 
 MIN_PART_SIZE = 5 * 1024 * 1024
 _MiB = 1024 * 1024
 _MAX_OBJECT_SIZE = 5 * 1024**4  # S3's largest object: 5 TiB
+
+logger = logging.getLogger("granite_storage.direct")
 
 
 def part_size_for(size: int | None) -> int:
@@ -124,6 +127,10 @@ class DirectUploadHook(Protocol):
         """Called with the new upload's location before the multipart upload
         starts (``backend`` is the backend's name); raising stops
         ``acreate_direct_upload``, with nothing started."""
+
+    async def arelease_direct_upload(self, *, location: str, storage_key: str) -> None:
+        """Called once ``aabort_direct_upload`` has aborted the upload: nothing
+        will ever be stored at ``location``. Errors are logged, not raised."""
 
 
 class DirectUploads:
@@ -268,9 +275,17 @@ class DirectUploads:
         )
 
     async def aabort_direct_upload(self, upload: DirectUpload) -> None:
-        """Abort the upload and drop its parts; aborting twice is not an error."""
+        """Abort the upload and drop its parts; aborting twice is not an error.
+        The hooks then release the upload's location (the ledger's reservation)."""
         backend = self._direct_backend(upload)
         await backend.aabort_multipart_upload(key=upload.location, upload_id=upload.upload_id)
+        for hook in self._direct_upload_hooks:
+            try:
+                await hook.arelease_direct_upload(
+                    location=upload.location, storage_key=upload.storage_key
+                )
+            except Exception:  # the upload is aborted; a later collection releases it
+                logger.exception("could not release the direct upload %r", upload.location)
 
     def _direct_backend(self, upload: DirectUpload) -> StorageBackend:
         """The backend of ``upload``'s policy, once its location is checked."""

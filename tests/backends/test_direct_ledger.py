@@ -176,6 +176,16 @@ async def test_an_abandoned_direct_upload_is_released_after_leftover_min_age(
     assert await env.states() == {}
 
 
+async def test_an_aborted_direct_upload_is_released_at_once(
+    env: Env, s3_client: Any, s3_bucket: str
+) -> None:
+    upload = await env.send(3)
+    await env.manager.aabort_direct_upload(upload)
+    assert await env.states() == {}
+    assert await everything(s3_client, s3_bucket) == ([], [])
+    await env.manager.aabort_direct_upload(upload)  # twice: still no error
+
+
 async def test_a_ledger_without_intent_bind_says_what_it_needs(env: Env) -> None:
     Clip.configure_storage_manager(env.manager, ledger=ObjectLedger(Base.metadata))
     assert len(env.manager.direct_upload_hooks) == 1  # the new ledger replaced the old one

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, Table, event, insert
+from sqlalchemy import Engine, MetaData, Table, delete, event, insert
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Mapper, Session, UOWTransaction, object_session
@@ -184,6 +184,19 @@ class ObjectLedger:
                 "ObjectLedger(..., intent_bind=engine) (or record_intents=False)"
             )
         await self._arecord(self.intent_bind, LedgerState.UPLOADING, location, storage_key, backend)
+
+    async def arelease_direct_upload(self, *, location: str, storage_key: str) -> None:
+        """Drop the reservation of an aborted direct upload (the manager calls
+        it from ``aabort_direct_upload``); a claimed row is left alone."""
+        if not self.record_intents or self.intent_bind is None:
+            return
+        table = self.table
+        statement = delete(table).where(
+            table.c.location == validate_location(location),
+            table.c.storage_key == storage_key,
+            table.c.state == LedgerState.UPLOADING.value,
+        )
+        await arun_on_connection(self.intent_bind, lambda conn: commit(conn, statement))
 
     async def _arecord(
         self,
