@@ -21,14 +21,22 @@ __all__ = ["Ticker", "granite_local_manager", "legacy", "legacy_local_manager"]
 STORAGE_KEY = "bench"
 
 
-def granite_local_manager(root: str, *, fsync: bool, key_prefix: str = "bench") -> StorageManager:
-    """A manager with one policy, ``"bench"``, on a local backend at ``root``."""
+def granite_local_manager(
+    root: str, *, fsync: bool, key_prefix: str = "bench", detect: bool = True
+) -> StorageManager:
+    """A manager with one policy, ``"bench"``, on a local backend at ``root``;
+    ``detect`` is the policy's ``detect_content_type`` (on by default, as
+    users get it)."""
     from granite_storage import StorageManager, StoragePolicy
     from granite_storage.backends.local import LocalStorageBackend
 
     return StorageManager(
         backends={"local": LocalStorageBackend(root, fsync=fsync)},
-        policies={STORAGE_KEY: StoragePolicy(STORAGE_KEY, "local", key_prefix=key_prefix)},
+        policies={
+            STORAGE_KEY: StoragePolicy(
+                STORAGE_KEY, "local", key_prefix=key_prefix, detect_content_type=detect
+            )
+        },
     )
 
 

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import inspect
 import io
+import sys
+import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
+import aiofiles.base
+import anyio
 import anyio.from_thread
 import anyio.to_thread
 
@@ -80,7 +84,11 @@ def chunks_of(source: ByteSource, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Async
     * ``bytes``, ``bytearray``, ``memoryview``: sliced in memory;
     * an object with a ``read`` method, async or sync: read with
       ``read(chunk_size)`` and never iterated (files iterate by lines). Sync
-      reads run in a worker thread unless the object is an ``io.BytesIO``;
+      reads run in a worker thread unless the object is an ``io.BytesIO``.
+      An async file that wraps a sync one (an anyio ``AsyncFile``, an
+      aiofiles file, a Starlette ``UploadFile``) is read through the file it
+      wraps, as a sync file: the same bytes, without a hop to the event loop
+      per chunk;
     * an async iterable of bytes;
     * an iterable of bytes: lists and tuples are walked inline, any other
       iterator is advanced in a worker thread (it may block).
@@ -93,11 +101,14 @@ def chunks_of(source: ByteSource, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Async
         raise TypeError("a byte source cannot be str: encode the text first, e.g. text.encode()")
     if isinstance(source, bytes | bytearray | memoryview):
         return _BytesChunks(source, chunk_size)
+    wrapped = _wrapped_file(source)
+    if wrapped is not None:
+        return _SyncReadChunks(wrapped.read, chunk_size, inline=_in_memory(wrapped))
     read = getattr(source, "read", None)
     if callable(read):
         if inspect.iscoroutinefunction(read):
             return _from_async_read(read, chunk_size)
-        return _SyncReadChunks(read, chunk_size, inline=isinstance(source, _IN_MEMORY))
+        return _SyncReadChunks(read, chunk_size, inline=_in_memory(source))
     if isinstance(source, AsyncIterable):
         return _split(aiter(source), chunk_size)
     if isinstance(source, Iterable):
@@ -107,6 +118,31 @@ def chunks_of(source: ByteSource, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Async
     raise TypeError(
         f"cannot stream from {type(source).__name__}: pass bytes, a binary file, an object "
         "with async read(n), or a (async) iterable of bytes"
+    )
+
+
+def _wrapped_file(source: object) -> SyncReadable | None:
+    """The sync file that an async file object reads with worker threads:
+    ``AsyncFile.wrapped`` (anyio), the ``_file`` an aiofiles object was
+    made with (it has no public name), and an ``UploadFile``'s ``file`` (a
+    spooled temporary file; Starlette is only looked for once imported)."""
+    wrapped: object = None
+    if isinstance(source, anyio.AsyncFile):
+        wrapped = source.wrapped
+    elif isinstance(source, aiofiles.base.AsyncBase):
+        wrapped = getattr(source, "_file", None)
+    elif (starlette := sys.modules.get("starlette.datastructures")) is not None and isinstance(
+        source, starlette.UploadFile
+    ):
+        wrapped = source.file
+    return wrapped if isinstance(wrapped, SyncReadable) else None
+
+
+def _in_memory(file: object) -> bool:
+    """Whether reading ``file`` never blocks: an ``io.BytesIO``, or a spooled
+    temporary file that has not rolled over to disk (as Starlette tells)."""
+    return isinstance(file, _IN_MEMORY) or (
+        isinstance(file, tempfile.SpooledTemporaryFile) and not getattr(file, "_rolled", True)
     )
 
 
