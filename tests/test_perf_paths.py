@@ -12,6 +12,7 @@ import asyncio
 import errno
 import hashlib
 import os
+import random
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -28,7 +29,7 @@ from granite_storage._concurrency import Checkpoint, Pull, run_fed
 from granite_storage.backends import local as local_module
 from granite_storage.backends.local import LocalStorageBackend
 from granite_storage.errors import BackendError, ContentTooLargeError
-from granite_storage.streams import blocking_pull, chunks_of
+from granite_storage.streams import blocking_pull, chunks_of, coalesce
 from granite_storage.testing import manager_for
 
 MIB = 1 << 20
@@ -328,3 +329,17 @@ async def test_run_fed_returns_the_jobs_error_as_it_is() -> None:
 
     with pytest.raises(LookupError, match="from the job"):
         await run_fed(job, items())
+
+
+# -- coalescing: one copy per merged chunk, exact sizes --------------------------------
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_coalesce_cuts_exact_chunks_whatever_the_pieces(seed: int) -> None:
+    rng = random.Random(seed)
+    pieces = [os.urandom(rng.choice([1, 100, 1000, 4096, 5000, 20_000])) for _ in range(60)]
+    merged = [chunk async for chunk in coalesce(chunks_of(list(pieces)), 4096)]
+    assert b"".join(merged) == b"".join(pieces)
+    # Every chunk is whole but the last, or a large piece passed on as it came.
+    for chunk in merged[:-1]:
+        assert len(chunk) == 4096 or (len(chunk) >= 1024 and chunk in pieces)
