@@ -1,5 +1,7 @@
 """Every bridge between the event loop and worker threads, in one place.
 
+- :func:`run_sync`: one short blocking call in a worker thread, through
+  asyncio's executor (half the CPU per hop of anyio's).
 - :func:`aiter_in_thread`: a sync iterator, each ``next`` in a worker thread.
 - :func:`aclose_quietly` and :func:`closing`: close an (async) iterator that
   can be closed, whatever it is, shielded from cancellation.
@@ -47,6 +49,25 @@ Checkpoint = Callable[[], None]
 
 
 _DONE: Any = object()
+
+
+async def run_sync(func: Callable[..., T], *args: object) -> T:
+    """``func(*args)`` in a worker thread of the running loop's executor, for
+    calls that end soon (a small file written, a directory listed).
+
+    Like ``anyio.to_thread.run_sync``, a cancelled caller waits until the
+    call has returned: nothing it does happens after the caller moved on.
+    Long jobs use :func:`run_stoppable` or :func:`run_fed` instead, which
+    stop early and keep the executor's few threads free.
+    """
+    future = asyncio.get_running_loop().run_in_executor(None, func, *args)
+    try:
+        return await asyncio.shield(future)
+    except BaseException:
+        if not future.done():
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait([future])
+        raise
 
 
 async def aiter_in_thread(iterator: Iterator[T]) -> AsyncIterator[T]:
@@ -154,6 +175,7 @@ class _Feed(Generic[T]):
         self._taken = 0  # written by the thread only
         self._room: anyio.Event | None = None
         self.ended = anyio.Event()
+        self.done = False  # written by the thread only, once the job returned or raised
         self.stopped = False
 
     # -- the event loop's side ---------------------------------------------
@@ -166,10 +188,11 @@ class _Feed(Generic[T]):
         """Queue ``item``; wait while ``depth`` items wait already (or until
         the job ended: it takes nothing more)."""
         self.put(item)
-        while self._sent - self._taken >= self._depth and not self.ended.is_set():
+        while self._sent - self._taken >= self._depth and not self.done:
             room = self._room = anyio.Event()
-            # Checked again once the event is visible: a take in between woke nobody.
-            if self._sent - self._taken < self._depth:
+            # Checked again once the event is visible: a take (or the job's
+            # end) in between saw no event to set.
+            if self._sent - self._taken < self._depth or self.done:
                 break
             await room.wait()
         self._room = None
@@ -196,6 +219,7 @@ class _Feed(Generic[T]):
             raise _Stopped
 
     def job_ended(self) -> None:
+        self.done = True
         self._call_soon(self.ended.set)
         room = self._room
         if room is not None:
@@ -238,7 +262,7 @@ async def run_fed(
     try:
         async for item in items:
             await feed.asend(item)
-            if feed.ended.is_set():
+            if feed.done:
                 break  # the job failed: reading on would be for nothing
         else:
             feed.put(_END)
