@@ -73,8 +73,6 @@ ByteSource: TypeAlias = (
     | Iterable[bytes]
 )
 
-_IN_MEMORY = (io.BytesIO,)
-
 
 def chunks_of(source: ByteSource, chunk_size: int = DEFAULT_CHUNK_SIZE) -> AsyncIterator[bytes]:
     """Turn ``source`` into an async iterator of non-empty chunks of at most
@@ -102,9 +100,7 @@ def chunks_of(source: ByteSource, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Async
         raise TypeError("a byte source cannot be str: encode the text first, e.g. text.encode()")
     if isinstance(source, bytes | bytearray | memoryview):
         return _BytesChunks(source, chunk_size)
-    wrapped = _wrapped_file(source)
-    if wrapped is not None:
-        return _SyncReadChunks(wrapped.read, chunk_size, inline=_in_memory(wrapped))
+    source = _wrapped_file(source) or source
     read = getattr(source, "read", None)
     if callable(read):
         if inspect.iscoroutinefunction(read):
@@ -128,13 +124,12 @@ def _wrapped_file(source: object) -> SyncReadable | None:
     made with (it has no public name), and an ``UploadFile``'s ``file`` (a
     spooled temporary file; Starlette is only looked for once imported)."""
     wrapped: object = None
+    starlette = sys.modules.get("starlette.datastructures")
     if isinstance(source, anyio.AsyncFile):
         wrapped = source.wrapped
     elif isinstance(source, aiofiles.base.AsyncBase):
         wrapped = getattr(source, "_file", None)
-    elif (starlette := sys.modules.get("starlette.datastructures")) is not None and isinstance(
-        source, starlette.UploadFile
-    ):
+    elif starlette is not None and isinstance(source, starlette.UploadFile):
         wrapped = source.file
     return wrapped if isinstance(wrapped, SyncReadable) else None
 
@@ -142,7 +137,7 @@ def _wrapped_file(source: object) -> SyncReadable | None:
 def _in_memory(file: object) -> bool:
     """Whether reading ``file`` never blocks: an ``io.BytesIO``, or a spooled
     temporary file that has not rolled over to disk (as Starlette tells)."""
-    return isinstance(file, _IN_MEMORY) or (
+    return isinstance(file, io.BytesIO) or (
         isinstance(file, tempfile.SpooledTemporaryFile) and not getattr(file, "_rolled", True)
     )
 

@@ -60,11 +60,11 @@ class FailingLocalBackend(LocalStorageBackend):
         super().__init__(root_dir, fsync=False)
         self.fail_on: set[str] = set()
 
-    def _delete(self, location: str) -> None:
-        # The primitive both single and batch deletes run in a worker thread.
+    def _unlink(self, location: str, parents: dict[str, str | None]) -> str | None:
+        # What both single and batch deletes run, per location, in a worker thread.
         if location in self.fail_on:
             raise OSError(errno.EIO, f"simulated failure deleting {location!r}")
-        super()._delete(location)
+        return super()._unlink(location, parents)
 
 
 @dataclass
