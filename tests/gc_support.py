@@ -60,11 +60,11 @@ class FailingLocalBackend(LocalStorageBackend):
         super().__init__(root_dir, fsync=False)
         self.fail_on: set[str] = set()
 
-    def _unlink(self, location: str, parents: dict[str, str | None]) -> str | None:
-        # What both single and batch deletes run, per location, in a worker thread.
+    def _delete(self, location: str) -> None:
+        # The primitive both single and batch deletes run in a worker thread.
         if location in self.fail_on:
             raise OSError(errno.EIO, f"simulated failure deleting {location!r}")
-        return super()._unlink(location, parents)
+        super()._delete(location)
 
 
 @dataclass
@@ -195,8 +195,8 @@ CLI_ROOT_ENV = "GC_TEST_ROOT"
 class UndeletableLocalBackend(LocalStorageBackend):
     """Every delete fails, like a read-only mount."""
 
-    def _unlink(self, location: str, parents: dict[str, str | None]) -> str | None:
-        # What both single and batch deletes run, per location, in a worker thread.
+    def _delete(self, location: str) -> None:
+        # The primitive both single and batch deletes run in a worker thread.
         raise PermissionError(errno.EACCES, f"simulated: permission denied deleting {location!r}")
 
 

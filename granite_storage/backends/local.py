@@ -234,52 +234,34 @@ class LocalStorageBackend(StorageBackend):
         return file, max(stop - start, 0)
 
     def _delete(self, location: str) -> None:
-        self._delete_batch([location], strict=True)
-
-    def _unlink(self, location: str, parents: dict[str, str | None]) -> str | None:
-        """Remove the file at ``location``; the directory it was in, or
-        ``None`` if it was not there. ``parents`` caches checked directories."""
-        directory, _, name = location.rpartition("/")
-        if directory not in parents:
-            parents[directory] = self._parent_dir(location, create=False)
-        parent = parents[directory]
+        parent = self._parent_dir(location, create=False)
         if parent is None:
-            return None
+            return
         try:
-            os.unlink(os.path.join(parent, name))
+            os.unlink(os.path.join(parent, location.rsplit("/", 1)[-1]))
         except FileNotFoundError:
-            return None
-        return parent
+            return
+        # Prune directories the delete left empty, so millions of deleted
+        # objects do not leave millions of empty directories behind.
+        root = self._root()
+        while parent != root and parent.startswith(root + os.sep):
+            try:
+                os.rmdir(parent)
+            except OSError:
+                break
+            parent = os.path.dirname(parent)
 
-    def _delete_batch(self, locations: Sequence[str], *, strict: bool = False) -> BatchDeleteResult:
-        """Delete ``locations`` (already validated) in the calling thread,
-        with no more system calls than a plain loop needs: each directory is
-        checked (no symlink on the way) once per batch, and the directories
-        the batch emptied are pruned once, at its end, so millions of deleted
-        objects do not leave millions of empty directories behind. With
-        ``strict``, an error is raised instead of reported."""
+    def _delete_batch(self, locations: Sequence[str]) -> BatchDeleteResult:
+        """Delete ``locations`` (already validated) in the calling thread."""
         result = BatchDeleteResult()
-        parents: dict[str, str | None] = {}  # a location's directory -> its checked path
-        emptied: set[str] = set()
         for location in locations:
             try:
                 with translate_os_errors("delete", location):
-                    if (parent := self._unlink(location, parents)) is not None:
-                        emptied.add(parent)
+                    self._delete(location)
             except StorageError as exc:  # reported per location, the batch goes on
-                if strict:
-                    raise
                 result.failed[location] = f"{type(exc).__name__}: {exc}"
             else:
                 result.deleted.append(location)
-        root = self._root()
-        for parent in sorted(emptied, reverse=True):  # deepest first
-            while parent != root and parent.startswith(root + os.sep):
-                try:
-                    os.rmdir(parent)
-                except OSError:
-                    break
-                parent = os.path.dirname(parent)
         return result
 
     def _exists(self, location: str) -> bool:
