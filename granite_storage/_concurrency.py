@@ -1,7 +1,5 @@
 """Every bridge between the event loop and worker threads, in one place.
 
-- :func:`run_sync`: one short blocking call in a worker thread, through
-  asyncio's ``run_in_executor`` (half the CPU per hop of anyio's).
 - :func:`aiter_in_thread`: a sync iterator, each ``next`` in a worker thread.
 - :func:`aclose_quietly` and :func:`closing`: close an (async) iterator that
   can be closed, whatever it is, shielded from cancellation.
@@ -35,7 +33,6 @@ import os
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -50,48 +47,6 @@ Checkpoint = Callable[[], None]
 
 
 _DONE: Any = object()
-
-
-class _Executor:
-    """The thread pool of :func:`run_sync`, made on first use (and again in a
-    forked child). As many threads as anyio's default limit: asyncio's
-    default executor has ``cpu_count + 4``, too few for small uploads that
-    each wait on an fsync."""
-
-    workers = 40
-
-    def __init__(self) -> None:
-        self._pool: ThreadPoolExecutor | None = None
-
-    def get(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="granite-worker")
-        return self._pool
-
-    def reset(self) -> None:
-        self._pool = None
-
-
-_executor = _Executor()
-
-
-async def run_sync(func: Callable[..., T], *args: object) -> T:
-    """``func(*args)`` in a worker thread, through asyncio's executor
-    machinery, for calls that end soon (a small file written).
-
-    Like ``anyio.to_thread.run_sync``, a cancelled caller waits until the
-    call has returned: nothing it does happens after the caller moved on.
-    Long jobs use :func:`run_stoppable` or :func:`run_fed` instead, which
-    stop early and keep the executor's few threads free.
-    """
-    future = asyncio.get_running_loop().run_in_executor(_executor.get(), func, *args)
-    try:
-        return await asyncio.shield(future)
-    except BaseException:
-        if not future.done():
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait([future])
-        raise
 
 
 async def aiter_in_thread(iterator: Iterator[T]) -> AsyncIterator[T]:
@@ -361,4 +316,3 @@ def _usable_cpus() -> int:
 copy_slots = CpuSlots(max(1, _usable_cpus() // 2))
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=copy_slots.reset)
-    os.register_at_fork(after_in_child=_executor.reset)

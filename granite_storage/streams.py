@@ -8,7 +8,6 @@ event loop.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import io
 import sys
@@ -200,10 +199,6 @@ class _SyncReadChunks:
         self._chunk_size = chunk_size
         self._inline = inline
         self.blocking_pull: BlockingPull | None = self._pull
-        try:  # for a read() that returns awaitables, to await them from a worker thread
-            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            self._loop = None
 
     def __aiter__(self) -> _SyncReadChunks:
         return self
@@ -223,10 +218,7 @@ class _SyncReadChunks:
     def _pull(self) -> bytes | None:
         result = self._read(self._chunk_size)
         if inspect.isawaitable(result):
-            if self._loop is None:
-                result = anyio.from_thread.run(_await, result)
-            else:
-                result = asyncio.run_coroutine_threadsafe(_await(result), self._loop).result()
+            result = anyio.from_thread.run(_await, result)
         return _chunk_or_none(result)
 
 

@@ -58,8 +58,8 @@ def sha256(data: bytes) -> str:
 
 @pytest.fixture
 def thread_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The functions run in worker threads, by name: through anyio, or the
-    local backend's short calls (``run_sync``) and long copies (``run_stoppable``)."""
+    """The functions run in worker threads, by name: through anyio, and the
+    local backend's copies (``run_stoppable``, as "copy")."""
     calls: list[str] = []
 
     def counting(real: Callable[..., Any], name: str | None = None) -> Callable[..., Any]:
@@ -70,7 +70,6 @@ def thread_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return run
 
     monkeypatch.setattr(anyio.to_thread, "run_sync", counting(anyio.to_thread.run_sync))
-    monkeypatch.setattr(local_module, "run_sync", counting(local_module.run_sync))
     monkeypatch.setattr(local_module, "run_stoppable", counting(local_module.run_stoppable, "copy"))
     return calls
 
@@ -117,9 +116,8 @@ async def test_an_anyio_file_is_copied_by_one_worker_thread_call(
         thread_calls.clear()
         ref = await put(manager, afile)
     assert (ref.size, ref.checksum) == (len(data), sha256(data))
-    # The head's read (for libmagic), then the first chunks and the copy of
-    # the rest: not one call or more per chunk.
-    assert copy_calls(thread_calls) == ["read", "_put_small", "copy"], thread_calls
+    # The head's read (for libmagic), then one copy: not a call per chunk.
+    assert copy_calls(thread_calls) == ["read", "copy"], thread_calls
 
 
 async def test_an_aiofiles_file_is_copied_by_one_worker_thread_call(
@@ -134,7 +132,7 @@ async def test_an_aiofiles_file_is_copied_by_one_worker_thread_call(
         thread_calls.clear()
         ref = await put(manager, afile)
     assert (ref.size, ref.checksum) == (len(data) - 100, sha256(data[100:]))
-    assert copy_calls(thread_calls) == ["read", "_put_small", "copy"], thread_calls
+    assert copy_calls(thread_calls) == ["read", "copy"], thread_calls
 
 
 @pytest.mark.parametrize("rolled", [True, False], ids=["on-disk", "in-memory"])
@@ -158,7 +156,7 @@ async def test_an_upload_file_is_read_through_its_spooled_file(
         await upload.close()
     assert (ref.size, ref.checksum) == (len(data), sha256(data))
     # Read in memory (no thread) until the spooled file rolled over to disk.
-    assert calls == (["read", "_put_small", "copy"] if rolled else ["_put_small"]), calls
+    assert calls == (["read", "copy"] if rolled else ["copy"]), calls
 
 
 async def test_a_text_mode_wrapper_is_still_refused(tmp_path: Path) -> None:

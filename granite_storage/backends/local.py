@@ -25,7 +25,7 @@ from typing import BinaryIO
 import anyio
 import anyio.to_thread
 
-from granite_storage._concurrency import Checkpoint, copy_slots, run_fed, run_stoppable, run_sync
+from granite_storage._concurrency import Checkpoint, copy_slots, run_fed, run_stoppable
 from granite_storage.backends._local_io import (
     TEMP_DIR_NAME,
     FileReader,
@@ -180,28 +180,24 @@ class LocalStorageBackend(StorageBackend):
             raise
         return PutResult(size=digest.size, checksum=digest.checksum)
 
-    def _put_small(self, location: str, pull: BlockingPull) -> PutResult | tuple[bytes, bytes]:
-        """Take up to two chunks from ``pull``; store an object of one chunk at
-        most at once (most uploads), else return the two chunks taken."""
-        first = pull()
-        if first is None or (second := pull()) is None:
-            with translate_os_errors("write", location):
-                return self._put_whole(first or b"", location)
-        return first, second
-
     def _put_pulled(
-        self, location: str, head: tuple[bytes, ...], pull: BlockingPull, checkpoint: Checkpoint
+        self, location: str, pull: BlockingPull, checkpoint: Checkpoint, head: Sequence[bytes] = ()
     ) -> PutResult:
         """Store ``head`` and then what ``pull`` returns, in the calling
         (worker) thread. ``checkpoint`` runs after every chunk and raises
         once the caller is cancelled; the temporary file is then removed."""
+        chunks = chain(head, iter(pull, None))
+        first = next(chunks, None)
+        if first is None or (second := next(chunks, None)) is None:  # one chunk: no hash thread
+            with translate_os_errors("write", location):
+                return self._put_whole(first or b"", location)
         digest = Sha256Digest()
         with translate_os_errors("create a temporary file for", location):
             file, temp = self._open_temp(location)
         try:
             gate = copy_slots.gate()
             with HashingThread(digest) as hasher:
-                for chunk in chain(head, iter(pull, None)):
+                for chunk in chain((first, second), chunks):
                     with gate:  # no more copies writing and hashing at once than cores
                         hasher.update(chunk)
                         with translate_os_errors("write", location):
@@ -279,26 +275,25 @@ class LocalStorageBackend(StorageBackend):
     async def _aput(
         self, location: str, chunks: AsyncIterator[bytes], content_type: str | None
     ) -> PutResult:
-        # Take up to two chunks first: an object that fits in one chunk (most
-        # uploads) is written, hashed and renamed by one short worker-thread
-        # call. A larger one is copied by one long-lived thread, hashing in
-        # another while it writes: the same copy loop for every source.
         pull = blocking_pull(chunks)
         if pull is not None:
-            # A sync file or bytes in memory: the chunks are taken in the
-            # worker thread too, with no hand-off to the event loop per chunk.
-            taken = await run_sync(self._put_small, location, pull)
-            if isinstance(taken, PutResult):
-                return taken
-            return await run_stoppable(partial(self._put_pulled, location, taken, pull))
-        # An async source: the event loop feeds the writer thread, one
-        # hand-off per chunk.
+            # A sync file or bytes in memory: read, hash and write it all in
+            # one worker thread, like a plain copy loop, with no hand-off to
+            # the event loop per chunk.
+            return await run_stoppable(partial(self._put_pulled, location, pull))
+        # An async source. Read up to two chunks first: an object that fits
+        # in one chunk (most uploads) is written, hashed and renamed in a
+        # single worker-thread call.
         first = await anext(chunks, b"")
         second = await anext(chunks, None) if first else None
         if second is None:
             with translate_os_errors("write", location):
-                return await run_sync(self._put_whole, first, location)
-        return await run_fed(partial(self._put_pulled, location, (first, second)), chunks)
+                return await anyio.to_thread.run_sync(self._put_whole, first, location)
+        # A larger one goes to one writer thread of its own, which the event
+        # loop feeds chunk by chunk (one hand-off each) while it hashes in
+        # another: the same copy loop as for a sync file.
+        job = partial(self._put_pulled, location, head=(first, second))
+        return await run_fed(job, chunks)
 
     @asynccontextmanager
     async def _aopen(
