@@ -9,7 +9,6 @@ nothing behind, at once.
 from __future__ import annotations
 
 import asyncio
-import errno
 import hashlib
 import os
 import random
@@ -29,7 +28,7 @@ from granite_storage import StorageManager, StoredObjectRef
 from granite_storage._concurrency import Checkpoint, Pull, run_fed
 from granite_storage.backends import local as local_module
 from granite_storage.backends.local import LocalStorageBackend
-from granite_storage.errors import BackendError, ContentTooLargeError
+from granite_storage.errors import ContentTooLargeError
 from granite_storage.streams import blocking_pull, chunks_of, coalesce
 from granite_storage.testing import manager_for
 
@@ -225,79 +224,6 @@ async def test_the_size_limit_trips_on_an_async_source(tmp_path: Path) -> None:
     assert await anyio.to_thread.run_sync(files_under, tmp_path) == []
 
 
-async def test_a_failed_write_stops_reading_the_source_and_leaves_no_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    writes = 0
-    real_write_all = local_module._write_all
-
-    def failing_write(file: object, chunk: bytes) -> None:
-        nonlocal writes
-        writes += 1
-        if writes == 3:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_write_all(file, chunk)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(local_module, "_write_all", failing_write)
-    produced = 0
-
-    async def source() -> AsyncIterator[bytes]:
-        nonlocal produced
-        for _ in range(200):
-            produced += 1
-            await anyio.lowlevel.checkpoint()
-            yield os.urandom(MIB)
-
-    with pytest.raises(BackendError, match="No space left"):
-        await put(make_manager(tmp_path), source())
-    assert produced < 20  # the loop stopped feeding once the writer failed
-    assert await anyio.to_thread.run_sync(files_under, tmp_path) == []
-
-
-class EndlessSource:
-    """An async iterator of 64 KiB chunks, one every 2 ms, that never ends."""
-
-    def __init__(self) -> None:
-        self.chunks = 0
-        self.started = asyncio.Event()
-
-    def __aiter__(self) -> EndlessSource:
-        return self
-
-    async def __anext__(self) -> bytes:
-        await asyncio.sleep(0.002)
-        self.chunks += 1
-        if self.chunks > 20:
-            self.started.set()
-        return b"x" * 65536
-
-
-@pytest.mark.parametrize("how", ["anyio", "task.cancel", "asyncio.timeout"])
-async def test_a_cancelled_async_upload_leaves_nothing_at_once(tmp_path: Path, how: str) -> None:
-    manager = make_manager(tmp_path)
-    source = EndlessSource()
-    if how == "anyio":
-        with anyio.move_on_after(0.2):
-            await put(manager, source)
-    elif how == "task.cancel":
-        task = asyncio.create_task(put(manager, source))
-        await source.started.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-    else:
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(0.2):
-                await put(manager, source)
-    assert source.chunks > 20  # cancelled mid-copy, with a writer thread running
-    # At once, not eventually: the writer thread has removed its file.
-    assert await anyio.to_thread.run_sync(files_under, tmp_path) == []
-    chunks = source.chunks
-    await asyncio.sleep(0.05)
-    assert source.chunks == chunks
-    assert not any(t.name == "granite-writer" for t in threading.enumerate())
-
-
 # -- run_fed itself ----------------------------------------------------------------------
 
 
@@ -327,18 +253,24 @@ async def test_run_fed_keeps_at_most_depth_items_waiting() -> None:
     assert produced == 50
 
 
-async def test_run_fed_returns_the_jobs_error_as_it_is() -> None:
+async def test_run_fed_returns_the_jobs_error_and_stops_reading() -> None:
+    # (A failed write on the local backend: tests/backends/test_local.py, "iterable".)
+    produced = 0
+
     def job(pull: Pull[int], checkpoint: Checkpoint) -> None:
         pull()
         raise LookupError("from the job")
 
     async def items() -> AsyncIterator[int]:
+        nonlocal produced
         for index in range(1000):
+            produced += 1
             await anyio.lowlevel.checkpoint()
             yield index
 
-    with pytest.raises(LookupError, match="from the job"):
+    with pytest.raises(LookupError, match="from the job"):  # as it is, not in a group
         await run_fed(job, items())
+    assert produced < 20  # the loop stopped feeding once the job failed
 
 
 # -- coalescing: one copy per merged chunk, exact sizes --------------------------------
