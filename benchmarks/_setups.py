@@ -22,9 +22,11 @@ STORAGE_KEY = "bench"
 
 
 def granite_local_manager(
-    root: str, *, fsync: bool, key_prefix: str = "bench", detect_content_type: bool = True
+    root: str, *, fsync: bool, key_prefix: str = "bench", detect: bool = True
 ) -> StorageManager:
-    """A manager with one policy, ``"bench"``, on a local backend at ``root``."""
+    """A manager with one policy, ``"bench"``, on a local backend at ``root``;
+    ``detect`` is the policy's ``detect_content_type`` (on by default, as
+    users get it)."""
     from granite_storage import StorageManager, StoragePolicy
     from granite_storage.backends.local import LocalStorageBackend
 
@@ -32,7 +34,7 @@ def granite_local_manager(
         backends={"local": LocalStorageBackend(root, fsync=fsync)},
         policies={
             STORAGE_KEY: StoragePolicy(
-                STORAGE_KEY, "local", key_prefix=key_prefix, detect_content_type=detect_content_type
+                STORAGE_KEY, "local", key_prefix=key_prefix, detect_content_type=detect
             )
         },
     )

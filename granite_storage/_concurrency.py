@@ -6,6 +6,9 @@
 - :func:`run_stoppable`: a long blocking job that stops when its caller is
   cancelled, and :data:`copy_slots`, which keeps file copies from
   outnumbering the cores.
+- :func:`run_fed`: the same for a job that consumes items the event loop
+  produces (an async source copied by one writer thread), through a
+  bounded queue: one hand-off per item.
 
 Long blocking jobs in a worker thread that stop when their caller is cancelled:
 
@@ -24,17 +27,20 @@ worker thread it was not told to abandon.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any, Generic, TypeVar
 
 import anyio
 import anyio.from_thread
 import anyio.to_thread
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 #: Called by a job between steps; raises if its caller was cancelled.
 Checkpoint = Callable[[], None]
@@ -122,6 +128,133 @@ async def run_stoppable(job: Callable[[Checkpoint], T]) -> T:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(state.wait_until_ended)
         raise
+
+
+#: Takes the next item in the job's thread, blocking; ``None`` at the end.
+Pull = Callable[[], T | None]
+
+_END: Any = object()
+_ABORT: Any = object()
+
+
+class _Feed(Generic[T]):
+    """The bounded queue from the event loop to one job thread.
+
+    Each side counts what it moved (the loop what it sent, the thread what
+    it took), so neither counter is written by two threads; the loop waits
+    for room only while ``depth`` items are in the queue, and the thread
+    wakes it (without waiting itself) only when it does.
+    """
+
+    def __init__(self, depth: int, call_soon: Callable[[Callable[[], object]], object]) -> None:
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._depth = depth
+        self._call_soon = call_soon
+        self._sent = 0  # written by the loop only
+        self._taken = 0  # written by the thread only
+        self._room: anyio.Event | None = None
+        self.ended = anyio.Event()
+        self.done = False  # written by the thread only, once the job returned or raised
+        self.stopped = False
+
+    # -- the event loop's side ---------------------------------------------
+
+    def put(self, item: Any) -> None:
+        self._queue.put(item)
+        self._sent += 1
+
+    async def asend(self, item: T) -> None:
+        """Queue ``item``; wait while ``depth`` items wait already (or until
+        the job ended: it takes nothing more)."""
+        self.put(item)
+        while self._sent - self._taken >= self._depth and not self.done:
+            room = self._room = anyio.Event()
+            # Checked again once the event is visible: a take (or the job's
+            # end) in between saw no event to set.
+            if self._sent - self._taken < self._depth or self.done:
+                break
+            await room.wait()
+        self._room = None
+
+    def stop(self) -> None:
+        """Make the job raise at its next pull or checkpoint."""
+        self.stopped = True
+        self._queue.put(_ABORT)
+
+    # -- the job's side --------------------------------------------------------
+
+    def pull(self) -> T | None:
+        item = self._queue.get()
+        self._taken += 1
+        room = self._room
+        if room is not None:
+            self._call_soon(room.set)
+        if item is _ABORT:
+            raise _Stopped
+        return None if item is _END else item
+
+    def checkpoint(self) -> None:
+        if self.stopped:
+            raise _Stopped
+
+    def job_ended(self) -> None:
+        self.done = True
+        self._call_soon(self.ended.set)
+        room = self._room
+        if room is not None:
+            self._call_soon(room.set)
+
+
+async def run_fed(
+    job: Callable[[Pull[T], Checkpoint], R],
+    items: AsyncIterator[T],
+    *,
+    first: Iterable[T] = (),
+    depth: int = 4,
+) -> R:
+    """Run ``job(pull, checkpoint)`` in a thread of its own while the event
+    loop feeds it ``first``, then ``items``: ``pull()`` returns them one by
+    one (``None`` at the end), at most ``depth`` waiting.
+
+    One hand-off per item, and none back: the loop produces the next item
+    while the job consumes the last. If ``items`` raises or the caller is
+    cancelled, the job raises at its next ``pull()`` or ``checkpoint()``
+    (and must clean up in ``except``/``finally``); this function returns or
+    raises only once the job has ended. If the job fails, the loop stops
+    reading ``items`` and its error propagates as it is.
+    """
+    # asyncio's: granite_storage runs on asyncio (as aiofiles and aiobotocore do).
+    feed: _Feed[T] = _Feed(depth, asyncio.get_running_loop().call_soon_threadsafe)
+    outcome: list[tuple[bool, Any]] = []
+
+    def target() -> None:
+        try:
+            outcome.append((True, job(feed.pull, feed.checkpoint)))
+        except BaseException as exc:  # handed to the caller
+            outcome.append((False, exc))
+        finally:
+            feed.job_ended()
+
+    for item in first:
+        feed.put(item)
+    threading.Thread(target=target, name="granite-writer", daemon=True).start()
+    try:
+        async for item in items:
+            await feed.asend(item)
+            if feed.done:
+                break  # the job failed: reading on would be for nothing
+        else:
+            feed.put(_END)
+        await feed.ended.wait()
+    except BaseException:
+        feed.stop()
+        with anyio.CancelScope(shield=True):
+            await feed.ended.wait()
+        raise
+    ok, value = outcome[0]
+    if ok:
+        return value  # type: ignore[no-any-return]
+    raise value
 
 
 class CpuSlots:

@@ -21,6 +21,7 @@ from granite_storage.streams import (
     DEFAULT_CHUNK_SIZE,
     ByteSource,
     SizeLimiter,
+    check_size_limit,
     chunks_of,
     coalesce,
 )
@@ -230,10 +231,16 @@ class StorageManager(PresignedTransfers, DirectUploads):
             self._check_location(policy, location)
         # source -> bounded chunks -> size limit (counts every byte as it
         # arrives) -> small chunks merged, so tiny pieces cost no extra I/O
-        # -> the head checked, before the backend is called at all.
-        chunks: AsyncIterator[bytes] = coalesce(
-            SizeLimiter(chunks_of(stream, self.chunk_size), policy.max_size), self.chunk_size
-        )
+        # -> the head checked, before the backend is called at all. Bytes in
+        # memory are cut into whole chunks and their size is known: checked
+        # once, before any I/O.
+        chunks: AsyncIterator[bytes]
+        if isinstance(stream, bytes | bytearray):
+            check_size_limit(len(stream), policy.max_size)
+            chunks = chunks_of(stream, self.chunk_size)
+        else:
+            limited = SizeLimiter(chunks_of(stream, self.chunk_size), policy.max_size)
+            chunks = coalesce(limited, self.chunk_size)
         try:
             chunks, info = await ainspect_upload(
                 policy,
@@ -248,14 +255,14 @@ class StorageManager(PresignedTransfers, DirectUploads):
                 key=location, chunks=chunks, content_type=info.content_type
             )
         finally:
-            with anyio.CancelScope(shield=True):
-                await aclose_quietly(chunks)
+            await aclose_quietly(chunks)  # shielded from cancellation
         merged_extra = {**(result.extra or {}), **(extra or {}), **declared_extra(info)} or None
         ref = StoredObjectRef(
             policy.storage_key, backend.backend_name, location, result.size, result.checksum,
             info.content_type, original_filename, utcnow_iso(), merged_extra,
         )  # fmt: skip
-        await acheck_stored(policy, backend, ref, info)
+        if policy.validators:  # their after_upload hooks
+            await acheck_stored(policy, backend, ref, info)
         return ref
 
     # -- reads and deletes ----------------------------------------------------

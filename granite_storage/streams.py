@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import inspect
 import io
+import sys
+import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
+import aiofiles.base
+import anyio
 import anyio.from_thread
 import anyio.to_thread
 
@@ -68,8 +72,6 @@ ByteSource: TypeAlias = (
     | Iterable[bytes]
 )
 
-_IN_MEMORY = (io.BytesIO,)
-
 
 def chunks_of(source: ByteSource, chunk_size: int = DEFAULT_CHUNK_SIZE) -> AsyncIterator[bytes]:
     """Turn ``source`` into an async iterator of non-empty chunks of at most
@@ -80,7 +82,11 @@ def chunks_of(source: ByteSource, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Async
     * ``bytes``, ``bytearray``, ``memoryview``: sliced in memory;
     * an object with a ``read`` method, async or sync: read with
       ``read(chunk_size)`` and never iterated (files iterate by lines). Sync
-      reads run in a worker thread unless the object is an ``io.BytesIO``;
+      reads run in a worker thread unless the object is an ``io.BytesIO``.
+      An async file that wraps a sync one (an anyio ``AsyncFile``, an
+      aiofiles file, a Starlette ``UploadFile``) is read through the file it
+      wraps, as a sync file: the same bytes, without a hop to the event loop
+      per chunk;
     * an async iterable of bytes;
     * an iterable of bytes: lists and tuples are walked inline, any other
       iterator is advanced in a worker thread (it may block).
@@ -93,11 +99,12 @@ def chunks_of(source: ByteSource, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Async
         raise TypeError("a byte source cannot be str: encode the text first, e.g. text.encode()")
     if isinstance(source, bytes | bytearray | memoryview):
         return _BytesChunks(source, chunk_size)
+    source = _wrapped_file(source) or source
     read = getattr(source, "read", None)
     if callable(read):
         if inspect.iscoroutinefunction(read):
             return _from_async_read(read, chunk_size)
-        return _SyncReadChunks(read, chunk_size, inline=isinstance(source, _IN_MEMORY))
+        return _SyncReadChunks(read, chunk_size, inline=_in_memory(source))
     if isinstance(source, AsyncIterable):
         return _split(aiter(source), chunk_size)
     if isinstance(source, Iterable):
@@ -107,6 +114,30 @@ def chunks_of(source: ByteSource, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Async
     raise TypeError(
         f"cannot stream from {type(source).__name__}: pass bytes, a binary file, an object "
         "with async read(n), or a (async) iterable of bytes"
+    )
+
+
+def _wrapped_file(source: object) -> SyncReadable | None:
+    """The sync file that an async file object reads with worker threads:
+    ``AsyncFile.wrapped`` (anyio), the ``_file`` an aiofiles object was
+    made with (it has no public name), and an ``UploadFile``'s ``file`` (a
+    spooled temporary file; Starlette is only looked for once imported)."""
+    wrapped: object = None
+    starlette = sys.modules.get("starlette.datastructures")
+    if isinstance(source, anyio.AsyncFile):
+        wrapped = source.wrapped
+    elif isinstance(source, aiofiles.base.AsyncBase):
+        wrapped = getattr(source, "_file", None)
+    elif starlette is not None and isinstance(source, starlette.UploadFile):
+        wrapped = source.file
+    return wrapped if isinstance(wrapped, SyncReadable) else None
+
+
+def _in_memory(file: object) -> bool:
+    """Whether reading ``file`` never blocks: an ``io.BytesIO``, or a spooled
+    temporary file that has not rolled over to disk (as Starlette tells)."""
+    return isinstance(file, io.BytesIO) or (
+        isinstance(file, tempfile.SpooledTemporaryFile) and not getattr(file, "_rolled", True)
     )
 
 
@@ -243,8 +274,10 @@ def blocking_pull(chunks: AsyncIterator[bytes]) -> BlockingPull | None:
 def coalesce(chunks: AsyncIterator[bytes], chunk_size: int = DEFAULT_CHUNK_SIZE) -> Coalescer:
     """Merge small chunks into chunks of ``chunk_size`` bytes (the last may
     be shorter), so a source that sends many tiny pieces does not cost one
-    write or thread hop per piece. Chunks of at least a sixteenth of
-    ``chunk_size`` arriving on an empty buffer pass through uncopied.
+    write, hash or hand-off per piece. Chunks of at least a quarter of
+    ``chunk_size`` arriving on an empty buffer pass through uncopied; smaller
+    ones are copied once on the way (merging 64 KiB pieces costs less than
+    handing each on: measured in ``benchmarks/local_upload.py``).
     """
     return Coalescer(chunks, chunk_size)
 
@@ -255,8 +288,9 @@ class Coalescer:
     def __init__(self, chunks: AsyncIterator[bytes], chunk_size: int) -> None:
         self._chunks = chunks
         self._chunk_size = chunk_size
-        self._passthrough = max(chunk_size // 16, 1)
-        self._buffer = bytearray()
+        self._passthrough = max(chunk_size // 4, 1)
+        self._pieces: list[bytes] = []  # joined once a chunk's worth is in
+        self._buffered = 0
         self._ready: bytes | None = None
         self._ended = False
         self._inner_pull = blocking_pull(chunks)
@@ -283,22 +317,28 @@ class Coalescer:
     def _add(self, chunk: bytes | None) -> None:
         if chunk is None:
             self._ended = True
-        elif not self._buffer and len(chunk) >= self._passthrough:
+        elif not self._pieces and len(chunk) >= self._passthrough:
             self._ready = chunk
         else:
-            self._buffer += chunk
+            self._pieces.append(chunk)
+            self._buffered += len(chunk)
 
     def _take(self) -> bytes | None:
         """The next chunk to hand on, if one is complete."""
         if self._ready is not None:
             chunk, self._ready = self._ready, None
             return chunk
-        size = self._chunk_size if not self._ended else len(self._buffer)
-        if not self._buffer or len(self._buffer) < size:
+        size = self._chunk_size if not self._ended else self._buffered
+        if not self._buffered or self._buffered < size:
             return None
-        chunk = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return chunk
+        pieces, extra = self._pieces, self._buffered - size
+        if extra:  # only the piece that crosses the boundary is cut
+            last = pieces[-1]
+            pieces[-1] = last[: len(last) - extra]
+            self._pieces, self._buffered = [last[len(last) - extra :]], extra
+        else:
+            self._pieces, self._buffered = [], 0
+        return b"".join(pieces)
 
     async def aclose(self) -> None:
         await aclose_quietly(self._chunks)

@@ -58,7 +58,10 @@ async def test_upload_is_invisible_until_complete(tmp_path: Path) -> None:
 
     async def watch() -> None:
         await halfway.wait()
-        seen["files"] = await anyio.to_thread.run_sync(files_under, tmp_path)
+        with anyio.fail_after(5):  # the writer thread opens its temporary file meanwhile
+            while not (files := await anyio.to_thread.run_sync(files_under, tmp_path)):  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        seen["files"] = files
         seen["listing"] = [loc async for loc in backend.aiter_locations()]
         release.set()
 
@@ -275,12 +278,31 @@ class EndlessFile(io.RawIOBase):
         return b"x" * 65536
 
 
+class EndlessAsyncSource:
+    """An async iterator that never ends: 64 KiB every 2 ms (fed to a writer thread)."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.first_read = threading.Event()
+
+    def __aiter__(self) -> EndlessAsyncSource:
+        return self
+
+    async def __anext__(self) -> bytes:
+        await asyncio.sleep(0.002)
+        self.reads += 1
+        if self.reads > 20:  # past the first chunks: the writer thread is copying
+            self.first_read.set()
+        return b"x" * 65536
+
+
+@pytest.mark.parametrize("kind", [EndlessFile, EndlessAsyncSource], ids=["file", "async"])
 @pytest.mark.parametrize("how", ["anyio", "task.cancel", "asyncio.timeout"])
-async def test_a_cancelled_file_upload_leaves_no_file_once_cancelled(
-    tmp_path: Path, how: str
+async def test_a_cancelled_upload_leaves_no_file_once_cancelled(
+    tmp_path: Path, how: str, kind: Callable[[], EndlessFile | EndlessAsyncSource]
 ) -> None:
     manager = make_manager(tmp_path)
-    source = EndlessFile()
+    source = kind()
     if how == "anyio":
         with anyio.move_on_after(0.2):
             await put_stream(manager, source)
@@ -301,6 +323,7 @@ async def test_a_cancelled_file_upload_leaves_no_file_once_cancelled(
     reads = source.reads
     await asyncio.sleep(0.05)
     assert source.reads == reads
+    assert not any(t.name == "granite-writer" for t in threading.enumerate())
 
 
 @pytest.mark.parametrize("source", [b"small", io.BytesIO(b"x" * (3 << 20))], ids=["bytes", "file"])
