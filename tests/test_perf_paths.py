@@ -76,7 +76,7 @@ def thread_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def copy_calls(calls: list[str]) -> list[str]:
     """The calls of an upload but libmagic's look at the head, a file's close,
     and the thread ``run_stoppable`` runs its copy in ("target")."""
-    return [call for call in calls if call not in ("_libmagic", "close", "target")]
+    return [call for call in calls if call not in ("libmagic_type", "close", "target")]
 
 
 @pytest.fixture
@@ -186,7 +186,7 @@ async def test_an_async_generator_is_written_by_one_writer_thread(
     writer_threads.clear()
     ref = await put(manager, chunks_from(data, chunk))
     # No worker-thread call per chunk: only libmagic's look at the head.
-    assert thread_calls == ["_libmagic"], thread_calls
+    assert thread_calls == ["libmagic_type"], thread_calls
     assert set(writer_threads) == {"granite-writer"}
     assert (ref.size, ref.checksum) == (len(data), sha256(data))
     assert await anyio.Path(tmp_path / ref.location).read_bytes() == data
