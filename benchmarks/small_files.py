@@ -12,6 +12,7 @@ import hashlib
 import os
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -97,12 +98,9 @@ async def legacy_small(
         raise RuntimeError(f"expected {count} stored files, found {found}")
 
 
-def raw_small(
-    timer: Timer, *, root: str, count: int, size: int, concurrency: int, fsync: bool
-) -> dict[str, float]:
-    """The same file operations as granite_storage's local backend, from plain
-    threads: hash, temporary file, write, (fsync), directories, rename, (fsync dir)."""
-    payload = random_block(size)
+def _raw_put(root: str, payload: bytes, fsync: bool) -> Callable[[int], str]:
+    """One upload's file operations: hash, temporary file, write, (fsync),
+    directories, rename, (fsync dir)."""
     temp_dir = os.path.join(root, ".tmp")
     os.makedirs(temp_dir, exist_ok=True)
 
@@ -124,6 +122,36 @@ def raw_small(
                 os.close(fd)
         return checksum
 
+    return put
+
+
+async def raw_async_small(
+    timer: Timer, *, root: str, count: int, size: int, concurrency: int, fsync: bool
+) -> dict[str, float]:
+    """The same file operations driven from the event loop, one anyio worker-thread
+    call per upload from ``concurrency`` tasks: the floor of any async library."""
+    import anyio.to_thread
+
+    put = _raw_put(root, random_block(size), fsync)
+    await anyio.to_thread.run_sync(put, -1)  # warm-up (the reset deletes it)
+
+    async def upload(index: int) -> None:
+        await anyio.to_thread.run_sync(put, index)
+
+    cpu = time.process_time()
+    with timer:
+        await _run_workers(concurrency, count, upload)
+    cpu = time.process_time() - cpu
+    _check_count(root, count)
+    return {"cpu_seconds": cpu}
+
+
+def raw_small(
+    timer: Timer, *, root: str, count: int, size: int, concurrency: int, fsync: bool
+) -> dict[str, float]:
+    """The same file operations as granite_storage's local backend, from plain
+    threads: hash, temporary file, write, (fsync), directories, rename, (fsync dir)."""
+    put = _raw_put(root, random_block(size), fsync)
     with ThreadPoolExecutor(concurrency) as pool:
         pool.submit(put, -1).result()  # warm-up, as for the others (the reset deletes it)
         cpu = time.process_time()
@@ -148,6 +176,7 @@ def run(ctx: Context) -> list[Row]:
             "granite": Job(f"{mod}:granite_small", kwargs),
             "no-detect": Job(f"{mod}:granite_small", {**kwargs, "detect": False}),
             "raw": Job(f"{mod}:raw_small", kwargs),
+            "raw-async": Job(f"{mod}:raw_async_small", kwargs),
         }
         if not fsync:
             jobs["0.1.0"] = Job(f"{mod}:legacy_small", kwargs, legacy=True)
@@ -156,6 +185,9 @@ def run(ctx: Context) -> list[Row]:
         rate = per_second(n)
         cpu_per_file = extra("cpu_seconds", 1e6 / n)
         raw_label = f"raw file ops, {conc} threads" + (" +fsync" if fsync else "")
+        async_label = f"raw file ops, one anyio thread call each from {conc} tasks" + (
+            " +fsync" if fsync else ""
+        )
         old = out.get("0.1.0")
         targets = [Target(">= 0.9x raw", 0.9, against=raw_label)]
         if not fsync:
@@ -168,14 +200,16 @@ def run(ctx: Context) -> list[Row]:
             rows += [
                 Row(name, "files per second", "files/s", True,
                     out[key].figure("granite_storage", rate),
-                    [out["raw"].figure(raw_label, rate, short="raw")],
+                    [out["raw"].figure(raw_label, rate, short="raw"),
+                     out["raw-async"].figure(async_label, rate, short="raw async")],
                     ctx.legacy_figure(old, rate) if old else None, targets,
                     note=("0.1.0 put_bytes via anyio.to_thread.run_sync (it never fsyncs)"
                           if not fsync else
                           "LocalStorageBackend's default; raw fsyncs file and directory too")),
                 Row(name, "CPU per file", "us", False,
                     out[key].figure("granite_storage", cpu_per_file),
-                    [out["raw"].figure(raw_label, cpu_per_file, short="raw")],
+                    [out["raw"].figure(raw_label, cpu_per_file, short="raw"),
+                     out["raw-async"].figure(async_label, cpu_per_file, short="raw async")],
                     note="user+system CPU of the process over the run, all threads, per file"),
             ]  # fmt: skip
     return rows
