@@ -248,17 +248,9 @@ class CollectionRun:
         self._notify()
 
     async def _acleanup_leftovers(self) -> None:
-        older_than = self.leftover_cutoff - self.backend.timestamp_resolution
-        try:
-            self.report.leftovers_removed = await self.backend.acleanup_leftovers(
-                older_than=older_than,
-                dry_run=self.report.dry_run,
-                prefix=self.policy.key_prefix,
-                in_use=self.options.in_use,
-            )
-        except Exception as exc:  # counted like a failed deletion; the report still comes back
-            self.report.add_failure(_LEFTOVERS, f"{type(exc).__name__}: {exc}")
-            logger.warning("removing leftovers failed: %s", exc)
+        await acleanup_leftovers(
+            self.report, self.backend, self.policy, self.leftover_cutoff, self.options.in_use
+        )
 
     # -- progress ---------------------------------------------------------------
 
@@ -283,3 +275,23 @@ class CollectionRun:
                 elapsed=time.monotonic() - self.started,
             )
         )
+
+
+async def acleanup_leftovers(
+    report: GarbageCollectionReport,
+    backend: StorageBackend,
+    policy: StoragePolicy,
+    leftover_cutoff: datetime,
+    in_use: InUse | None,
+) -> None:
+    """Remove the policy's incomplete uploads idle since before ``leftover_cutoff``
+    (widened by the backend's timestamp resolution), except those ``in_use``
+    names; count them in ``report``, and a failure as a failed deletion."""
+    older_than = leftover_cutoff - backend.timestamp_resolution
+    try:
+        report.leftovers_removed = await backend.acleanup_leftovers(
+            older_than=older_than, dry_run=report.dry_run, prefix=policy.key_prefix, in_use=in_use
+        )
+    except Exception as exc:  # counted like a failed deletion; the report still comes back
+        report.add_failure(_LEFTOVERS, f"{type(exc).__name__}: {exc}")
+        logger.warning("removing leftovers failed: %s", exc)

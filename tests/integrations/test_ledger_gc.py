@@ -301,3 +301,13 @@ async def test_a_policy_on_two_backends_during_a_move(lenv: LedgerEnv) -> None:
         await session.commit()
     await lenv.adrain()
     assert not await new.aexists(moved)
+
+
+async def test_acollect_cleans_leftovers_only_when_asked(lenv: LedgerEnv) -> None:
+    await lenv.collector().acollect(storage_key="docs", dry_run=False)
+    assert _counting(lenv).calls["leftovers"] == 0  # off by default: it lists them
+    report = await lenv.collector(cleanup_leftovers=True).acollect(
+        storage_key="docs", dry_run=False
+    )
+    assert _counting(lenv).calls["leftovers"] == 1
+    assert (report.leftovers_removed, report.failed) == (0, 0)

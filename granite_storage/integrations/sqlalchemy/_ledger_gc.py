@@ -22,7 +22,7 @@ from granite_storage.gc import (
 from granite_storage.gc._collector import BaseCollector
 from granite_storage.gc._deletions import adelete_counted, stop_at_cap
 from granite_storage.gc._report import ORPHAN_SAMPLE_SIZE
-from granite_storage.gc._run import CollectionRun, Plan, RunOptions
+from granite_storage.gc._run import CollectionRun, Plan, RunOptions, acleanup_leftovers
 from granite_storage.integrations.sqlalchemy._db import arun_on_connection
 from granite_storage.integrations.sqlalchemy._ledger import ObjectLedger
 from granite_storage.integrations.sqlalchemy._ledger_sweep import (
@@ -154,8 +154,21 @@ class LedgerGarbageCollector(BaseCollector):
         else:
             await self._asweep(report, plan, candidates=old)
         report.orphaned = report.skipped_too_young + report.eligible
+        if self.cleanup_leftovers:
+            in_use = functools.partial(self._aintents, plan.leftover_cutoff)
+            await acleanup_leftovers(
+                report, plan.backend, plan.policy, plan.leftover_cutoff, in_use
+            )
         report.duration = time.monotonic() - started
         return report
+
+    async def _aintents(self, reserved_cutoff: datetime, locations: list[str]) -> list[str]:
+        """Which of ``locations`` the ledger holds an intent or a live
+        reservation for: their incomplete uploads are never removed."""
+        table = self.ledger.table
+        return await arun_on_connection(
+            self.bind, lambda c: intents(c, table, locations, reserved_cutoff)
+        )
 
     async def _asweep(
         self, report: GarbageCollectionReport, plan: Plan, *, candidates: int
@@ -271,17 +284,12 @@ class LedgerGarbageCollector(BaseCollector):
                 await self._aforget(result.deleted)
             return result
 
-        async def in_use(locations: list[str]) -> list[str]:
-            return await arun_on_connection(
-                bind, lambda c: intents(c, table, locations, plan.leftover_cutoff)
-            )
-
         options = RunOptions(
             iter_references=source,
             batch_size=self.batch_size,
             delete_concurrency=1,
             delete_batch=adelete_batch,
-            in_use=in_use,
+            in_use=functools.partial(self._aintents, plan.leftover_cutoff),
         )
         audit = await CollectionRun(options, plan).arun()
         logger.info("%s", audit)
