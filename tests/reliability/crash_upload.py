@@ -13,13 +13,14 @@ failure of the test.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 
-from granite_storage.backends.local import LocalStorageBackend
+from granite_storage.backends.local import TEMP_DIR_NAME, LocalStorageBackend
 from granite_storage.contracts import StorageBackend
 from granite_storage.testing import manager_for
 
@@ -42,12 +43,34 @@ def make_backend(config: dict[str, Any]) -> StorageBackend:
     )
 
 
-async def _chunks(size: int, report_at: int, location: list[str]) -> AsyncIterator[bytes]:
+async def _written(temp_dir: str | None) -> None:
+    """Wait (up to 10 s) until the upload's temporary file under ``temp_dir``
+    has bytes: the local backend's writer thread writes what the source
+    yields a little later, so "handed over" is not yet "on disk"."""
+    if temp_dir is None:
+        return
+    with anyio.move_on_after(10):
+        while True:
+            entries = await anyio.to_thread.run_sync(_entries, temp_dir)
+            if any(entry.stat().st_size for entry in entries):
+                return
+            await anyio.sleep(0.01)  # polling a directory another thread writes to
+
+
+def _entries(directory: str) -> list[os.DirEntry[str]]:
+    with os.scandir(directory) as entries:
+        return list(entries)
+
+
+async def _chunks(
+    size: int, report_at: int, location: list[str], temp_dir: str | None
+) -> AsyncIterator[bytes]:
     block = bytes(range(256)) * (_CHUNK // 256)
     sent = 0
     while sent < size:
         if sent >= report_at:
             if location:
+                await _written(temp_dir)
                 print("MIDWAY", location.pop(), flush=True)
             await anyio.sleep(_SLOW_DOWN)
         chunk = block[: min(_CHUNK, size - sent)]
@@ -68,12 +91,15 @@ async def main(config: dict[str, Any]) -> None:
             return await put(key=key, chunks=chunks, **kwargs)
 
         backend.aput_stream = aput_stream  # type: ignore[method-assign]
+        temp_dir = (
+            os.path.join(config["root"], TEMP_DIR_NAME) if config["backend"] == "local" else None
+        )
         await manager.aput_stream(
             storage_key="docs",
             model_name="crash",
             entity_id=1,
             field_name="file",
-            stream=_chunks(config["size"], config["report_at"], location),
+            stream=_chunks(config["size"], config["report_at"], location, temp_dir),
         )
     print("DONE", flush=True)
 
