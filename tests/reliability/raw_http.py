@@ -39,6 +39,10 @@ class RawExchange:
 
     response: RawResponse | None
     body_sent: bool
+    #: The server reset the connection (it closed it with bytes unread): so
+    #: it did not read the whole body, even if the client could send it all
+    #: into the sockets' buffers.
+    reset: bool = False
 
 
 def form_parts(
@@ -106,13 +110,17 @@ async def raw_request(
     async with await anyio.connect_tcp("127.0.0.1", port) as stream:
         received = bytearray()
         answered = anyio.Event()
+        reset_seen = False
 
         async def read() -> None:
+            nonlocal reset_seen
             try:
                 while _parse(bytes(received)) is None:
                     received.extend(await stream.receive())
+            except anyio.EndOfStream:
+                pass  # closed cleanly
             except _GONE:
-                pass
+                reset_seen = True
             finally:
                 answered.set()
 
@@ -142,4 +150,4 @@ async def raw_request(
                 pass  # the server closed after answering: the answer is read below
             with anyio.fail_after(answer_within):
                 await answered.wait()
-        return RawExchange(_parse(bytes(received)), body_sent)
+        return RawExchange(_parse(bytes(received)), body_sent, reset=reset_seen)
