@@ -28,17 +28,8 @@ async def aabort_uploads_of_key(client: Any, bucket: str, key: str, *, keep: str
     paginator = client.get_paginator("list_multipart_uploads")
     async for page in paginator.paginate(Bucket=bucket, Prefix=key):
         for upload in page.get("Uploads", ()):
-            if upload["Key"] != key or upload["UploadId"] == keep:
-                continue
-            try:
-                await client.abort_multipart_upload(
-                    Bucket=bucket, Key=key, UploadId=upload["UploadId"]
-                )
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
-                    raise
-                continue
-            count += 1
+            if upload["Key"] == key and upload["UploadId"] != keep:
+                count += await _aabort(client, bucket, upload)
     return count
 
 
@@ -77,16 +68,22 @@ async def acleanup_multipart_uploads(
             count += len(idle)
             continue
         for upload in idle.values():
-            try:
-                await client.abort_multipart_upload(
-                    Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                )
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
-                    raise
-                continue  # it completed or was aborted meanwhile: not ours to count
-            count += 1
+            count += await _aabort(client, bucket, upload)
     return count
+
+
+async def _aabort(client: Any, bucket: str, upload: dict[str, Any]) -> int:
+    """Abort ``upload``: 1, or 0 if it completed or was aborted meanwhile
+    (not ours to count)."""
+    try:
+        await client.abort_multipart_upload(
+            Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+            raise
+        return 0
+    return 1
 
 
 async def _alast_part_time(client: Any, bucket: str, upload: dict[str, Any]) -> datetime:
