@@ -41,6 +41,18 @@ async def _run_workers(concurrency: int, count: int, upload: Any) -> None:
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
+async def _timed_workers(
+    timer: Timer, root: str, concurrency: int, count: int, upload: Any
+) -> dict[str, float]:
+    """Time :func:`_run_workers` (wall and process CPU), then check the count stored."""
+    cpu = time.process_time()
+    with timer:
+        await _run_workers(concurrency, count, upload)
+    cpu = time.process_time() - cpu
+    _check_count(root, count)
+    return {"cpu_seconds": cpu}
+
+
 def _check_count(root: str, expected: int) -> None:
     found = sum(len(files) for _, _, files in os.walk(os.path.join(root, "bench")))
     if found != expected:
@@ -65,12 +77,7 @@ async def granite_small(
             **_PUT, entity_id=index, content=payload, original_filename="f.bin"
         )
 
-    cpu = time.process_time()
-    with timer:
-        await _run_workers(concurrency, count, upload)
-    cpu = time.process_time() - cpu
-    _check_count(root, count)
-    return {"cpu_seconds": cpu}
+    return await _timed_workers(timer, root, concurrency, count, upload)
 
 
 async def legacy_small(
@@ -138,12 +145,7 @@ async def raw_async_small(
     async def upload(index: int) -> None:
         await anyio.to_thread.run_sync(put, index)
 
-    cpu = time.process_time()
-    with timer:
-        await _run_workers(concurrency, count, upload)
-    cpu = time.process_time() - cpu
-    _check_count(root, count)
-    return {"cpu_seconds": cpu}
+    return await _timed_workers(timer, root, concurrency, count, upload)
 
 
 def raw_small(
