@@ -37,6 +37,7 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 
 T = TypeVar("T")
@@ -165,8 +166,15 @@ class _Feed(Generic[T]):
 
     async def asend(self, item: T) -> None:
         """Queue ``item``; wait while ``depth`` items wait already (or until
-        the job ended: it takes nothing more)."""
+        the job ended: it takes nothing more).
+
+        Either way the caller passes a checkpoint: a source that never
+        suspends (an async generator of bytes in memory) would otherwise
+        hold the event loop for as long as the job keeps up with it, and
+        could not be cancelled.
+        """
         self.put(item)
+        waited = False
         while self._sent - self._taken >= self._depth and not self.done:
             room = self._room = anyio.Event()
             # Checked again once the event is visible: a take (or the job's
@@ -174,7 +182,10 @@ class _Feed(Generic[T]):
             if self._sent - self._taken < self._depth or self.done:
                 break
             await room.wait()
+            waited = True
         self._room = None
+        if not waited:
+            await anyio.lowlevel.checkpoint()
 
     def stop(self) -> None:
         """Make the job raise at its next pull or checkpoint."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import os
 import random
 import tempfile
@@ -20,6 +21,7 @@ from typing import Any
 
 import aiofiles
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import pytest
 from starlette.datastructures import UploadFile
@@ -271,6 +273,53 @@ async def test_run_fed_returns_the_jobs_error_and_stops_reading() -> None:
     with pytest.raises(LookupError, match="from the job"):  # as it is, not in a group
         await run_fed(job, items())
     assert produced < 20  # the loop stopped feeding once the job failed
+
+
+async def test_run_fed_lets_other_tasks_run_between_items_of_a_source_that_never_suspends() -> None:
+    # An async generator of bytes in memory never awaits; with room in the
+    # queue, the loop would otherwise feed the job without a break.
+    ticks = 0
+    seen: list[int] = []
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.lowlevel.checkpoint()
+
+    async def items() -> AsyncIterator[int]:
+        for index in range(20):
+            seen.append(ticks)
+            yield index
+
+    def job(pull: Pull[int], checkpoint: Checkpoint) -> int:
+        return sum(1 for _ in iter(pull, None))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        await anyio.lowlevel.checkpoint()
+        assert await run_fed(job, items(), depth=1000) == 20
+        tg.cancel_scope.cancel()
+    assert all(later > earlier for earlier, later in itertools.pairwise(seen)), seen
+
+
+async def test_run_fed_can_be_cancelled_while_a_source_that_never_suspends_feeds_it() -> None:
+    produced = 0
+
+    async def items() -> AsyncIterator[bytes]:
+        nonlocal produced
+        while produced < 100_000:
+            produced += 1
+            yield b"x"
+
+    def job(pull: Pull[bytes], checkpoint: Checkpoint) -> None:
+        while pull() is not None:
+            pass
+
+    with anyio.move_on_after(0.02) as scope:
+        await run_fed(job, items(), depth=1_000_000)
+    assert scope.cancelled_caught
+    assert produced < 100_000
 
 
 # -- coalescing: one copy per merged chunk, exact sizes --------------------------------
