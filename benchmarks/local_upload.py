@@ -1,13 +1,9 @@
 """Large uploads to local disk: one stream (throughput, memory) and several at
 once (event-loop lateness).
 
-One stream is uploaded from each kind of source an application hands over:
-a sync binary file, an anyio file, an aiofiles file, a Starlette
-``UploadFile`` that rolled over to disk, and async generators of 1 MiB and
-64 KiB chunks. The files are in the page cache (as the baseline's is); the
-generators make their chunks in memory, one fresh copy per MiB (what a read
-from the page cache costs), with the same bytes and checksum as the file.
-Every async source also runs a 1 ms ticker to measure event-loop lateness.
+One stream is uploaded from each kind of source an application hands over
+(:mod:`benchmarks._sources`). Every upload also runs a 1 ms ticker to
+measure event-loop lateness.
 """
 
 from __future__ import annotations
@@ -15,22 +11,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
-import aiofiles
-import anyio
-import anyio.to_thread
-
 from benchmarks._context import Context, Job, empty_dir, extra, memory_mib, throughput_mib_s
-from benchmarks._data import make_source_file, random_block
+from benchmarks._data import make_source_file
 from benchmarks._harness import MIB, Timer
 from benchmarks._report import Row, Target
 from benchmarks._setups import STORAGE_KEY, Ticker, granite_local_manager, legacy_local_manager
+from benchmarks._sources import SOURCES, open_source
 
 __all__ = ["run_concurrent", "run_stream"]
 
@@ -46,72 +35,13 @@ def _check(checksum: str, expected: str) -> None:
 # -- workloads (run in child processes) ----------------------------------------------
 
 
-#: The sources of :func:`granite_stream`, by the name its rows use.
-SOURCES = {
-    "file": "a sync file",
-    "anyio": "an anyio file",
-    "aiofiles": "an aiofiles file",
-    "uploadfile": "an UploadFile on disk",
-    "agen-1m": "async generator, 1 MiB chunks",
-    "agen-64k": "async generator, 64 KiB chunks",
-}
-
-
-async def _generate(size: int, chunk: int, block: bytes) -> AsyncIterator[bytes]:
-    """The bytes of :func:`make_source_file`, made one MiB at a time (one copy
-    each, as a read would) from its random ``block`` (made before the
-    measurement: computing it holds the loop ~15 ms) and yielded in pieces of
-    ``chunk`` bytes."""
-    for start in range(0, size, MIB):
-        data = (start.to_bytes(8, "little") + block[8:])[: size - start]
-        if chunk >= len(data):
-            yield data
-        else:
-            view = memoryview(data)
-            for offset in range(0, len(data), chunk):
-                yield bytes(view[offset : offset + chunk])
-
-
-@asynccontextmanager
-async def _open_source(kind: str, path: str, size: int) -> AsyncIterator[Any]:
-    """Set up one kind of source over the file at ``path`` (not measured)."""
-    if kind == "file":
-        with open(path, "rb") as file:  # noqa: ASYNC230 - setup, not measured
-            yield file
-    elif kind == "anyio":
-        async with await anyio.open_file(path, "rb") as afile:
-            yield afile
-    elif kind == "aiofiles":
-        async with aiofiles.open(path, "rb") as aiofile:
-            yield aiofile
-    elif kind == "uploadfile":
-        from starlette.datastructures import UploadFile
-
-        # As Starlette's form parser makes it: spooled, rolled over past 1 MiB.
-        spooled = tempfile.SpooledTemporaryFile(max_size=MIB)  # noqa: SIM115 - closed by the UploadFile
-
-        def fill() -> None:
-            with open(path, "rb") as src:
-                shutil.copyfileobj(src, spooled, MIB)
-            spooled.seek(0)
-
-        await anyio.to_thread.run_sync(fill)
-        upload = UploadFile(spooled, size=size, filename="big.bin")
-        try:
-            yield upload
-        finally:
-            await upload.close()
-    else:
-        yield _generate(size, MIB if kind == "agen-1m" else 64 * 1024, random_block(MIB))
-
-
 async def granite_stream(
     timer: Timer, *, source: str, root: str, fsync: bool, expected: str, kind: str = "file",
     size: int = 0, detect: bool = True,
 ) -> dict[str, float]:  # fmt: skip
     manager = granite_local_manager(root, fsync=fsync, detect=detect)
     await manager.aput_bytes(**_PUT, entity_id="warm-up", content=b"warm-up")
-    async with _open_source(kind, source, size) as stream:
+    async with open_source(kind, source, size) as stream:
         # The timer first: its garbage collection must not count as lateness.
         cpu = time.process_time()
         with timer:
