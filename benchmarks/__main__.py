@@ -58,6 +58,10 @@ SCENARIOS = [
              ("granite_storage.gc", "granite_storage.backends.s3")),
     Scenario("fastapi", "FastAPI streaming upload", "benchmarks.fastapi_upload:run",
              ("granite_storage.integrations.fastapi",)),
+    Scenario("migrate", "migrate local disk to S3", "benchmarks.migrate_local_to_s3:run",
+             ("granite_storage.migrate", "granite_storage.backends.s3")),
+    Scenario("detect", "content-type detection", "benchmarks.detect:run",
+             ("granite_storage._detect",)),
     Scenario("gc-million", "GC of a million local objects", "benchmarks.gc_local:run_million",
              ("granite_storage.gc",), opt_in=True),
 ]  # fmt: skip

@@ -58,6 +58,11 @@ class Sizes:
     million_references: int = 500_000
     #: Runs of the million-object collection (each rewrites the deleted half).
     million_runs: int = 1
+    migrate_objects: int = 2000
+    migrate_kib: int = 64
+    migrate_big_mib: int = 512
+    migrate_concurrency: int = 4
+    detect_calls: int = 2000
 
 
 QUICK_SIZES = Sizes(
@@ -72,6 +77,9 @@ QUICK_SIZES = Sizes(
     fastapi_mib=16,
     million_objects=20_000,
     million_references=10_000,
+    migrate_objects=100,
+    migrate_big_mib=16,
+    detect_calls=100,
 )
 
 

@@ -133,8 +133,8 @@ def format_value(value: float | None, unit: str) -> str:
         return f"{value:,.0f} {unit}" if value >= 100 else f"{value:.1f} {unit}"
     if unit == "s":
         return f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
-    if unit in ("ms", "MiB"):
-        return f"{value:.1f} {unit}"
+    if unit in ("ms", "MiB", "us"):
+        return f"{value:,.1f} {unit}"
     return f"{value:g} {unit}"
 
 
