@@ -23,19 +23,26 @@ from granite_storage import StorageManager, StoragePolicy, StoredObjectRef
 from granite_storage.backends.local import LocalStorageBackend
 from granite_storage.backends.mirror import MirrorBackend
 from granite_storage.contracts import StorageBackend
-from granite_storage.errors import ConfigurationError, UnsafeCollectionError
+from granite_storage.errors import (
+    ConfigurationError,
+    LockUnavailableError,
+    UnsafeCollectionError,
+)
 from granite_storage.gc import GarbageCollectionReport, StorageGarbageCollector
 from granite_storage.integrations.sqlalchemy import (
     LedgerGarbageCollector,
     iter_metadata_storage_refs,
     ref_rewriter,
 )
+from granite_storage.integrations.sqlalchemy._db import arun_on_connection
+from granite_storage.integrations.sqlalchemy._ledger_moves import Sources, sort_sources
 from granite_storage.migrate import amigrate
 from granite_storage.testing import manager_for
 from tests.backends.conftest import open_s3_backend
 from tests.integrations.ledger_support import (
     MIN_AGE,
     TABLE,
+    Copy,
     Doc,
     LedgerBase,
     LedgerEnv,
@@ -243,3 +250,39 @@ async def test_the_plain_collector_refusals_hold(move: Move) -> None:
         await move.adelete_sources(shared)
     assert await move.old.aget(moved) == b"kept"
     assert await move.new.aget(moved) == b"kept"
+
+
+async def test_each_batch_is_checked_again_under_the_ledger_locks(move: Move) -> None:
+    """What the reference read cannot see: a ref naming a backend_name committed
+    since, or a transaction holding the row, keeps the source."""
+    env = move.env
+    doc_id, _ = await env.acommitted_doc(b"moved")
+    await move.amigrate([await move.adoc_ref(doc_id)])
+    moved = await move.adoc_ref(doc_id)
+    stale = moved.replace(backend="local")  # the ref as it was read before the migration
+    orphan = await move.before.aput_bytes(
+        storage_key="docs", model_name="x", entity_id=1, field_name="f", content=b"o"
+    )
+
+    async def asort() -> Sources:
+        return await arun_on_connection(
+            env.engine,
+            lambda conn: sort_sources(
+                conn, TABLE, LedgerBase.metadata,
+                locations=[moved.location, orphan.location],
+                released={"new"}, lock_wait=env.ledger.lock_timeout,
+            ),
+        )  # fmt: skip
+
+    assert await asort() == Sources(moved=[moved.location], unreferenced=[orphan.location])
+    async with env.session() as session:
+        env.ledger.watch(session)
+        session.add(Copy(id=1, ref=stale))
+        await session.flush()  # protects the row: locked until the transaction ends
+        if env.dialect == "postgresql":
+            assert await asort() == Sources(kept=[moved.location], unreferenced=[orphan.location])
+        else:  # the transaction holds SQLite's write lock
+            with pytest.raises(LockUnavailableError):
+                await asort()
+        await session.commit()
+    assert await asort() == Sources(kept=[moved.location], unreferenced=[orphan.location])
