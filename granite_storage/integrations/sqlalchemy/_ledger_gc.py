@@ -74,6 +74,15 @@ class LedgerGarbageCollector(BaseCollector):
     ledger before it is deleted. It also catches objects the ledger never knew
     (written outside the library, or before the ledger existed).
 
+    ``acollect(backend_key=OLD, delete_source=True)``, the last step of a
+    move, is the exception that lists: the plain collector's run over ``OLD``
+    (same semantics and refusals, ``UnsafeCollectionError`` included), each
+    batch sorted in the ledger under its locks before anything is deleted. A
+    moved copy goes and its row is left as it is; a ref naming a
+    ``backend_name``, a row an open transaction holds, an ``intent`` or an
+    ``uploading`` row keep the object (``skipped_in_use``); unreferenced objects
+    are won and forgotten as :meth:`aaudit` does. See "Moving between backends".
+
     See ``docs/ledger.md`` for the protocol and why it is safe.
 
     :param manager: the manager whose policies and backends are collected.
