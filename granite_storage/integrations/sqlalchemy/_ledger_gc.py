@@ -79,9 +79,9 @@ class LedgerGarbageCollector(BaseCollector):
     (same semantics and refusals, ``UnsafeCollectionError`` included), each
     batch sorted in the ledger under its locks before anything is deleted. A
     moved copy goes and its row is left as it is; a ref naming a
-    ``backend_name``, a row an open transaction holds, an ``intent`` or an
-    ``uploading`` row keep the object (``skipped_in_use``); unreferenced objects
-    are won and forgotten as :meth:`aaudit` does. See "Moving between backends".
+    ``backend_name`` or a row an open transaction holds keeps the object
+    (``skipped_in_use``); unreferenced objects are won and forgotten as
+    :meth:`aaudit` does. See "Moving between backends".
 
     See ``docs/ledger.md`` for the protocol and why it is safe.
 

@@ -13,12 +13,17 @@ the locks taken before the refs are read:
   no transaction holds its ledger row. The copy on ``OLD`` is deleted; the row
   is left as it is (it describes the object the refs still name, on the new
   backend).
-* **kept**: a ref naming any other backend (a ``backend_name``: a row not
-  migrated, or written since the references were read) points at it, or an
-  open transaction holds its row, or the row is an upload (``intent``,
-  ``uploading``) or is being deleted by another run.
+* **kept**: refs point at it, and one names any other backend (a
+  ``backend_name``: a row not migrated, or written since the references were
+  read), or an open transaction holds its row, or the row is an upload
+  (``intent``, ``uploading``) or is being deleted by another run.
 * **unreferenced**: no ref at all. These go through the listing audit's path
   (won in the ledger, deleted, their rows forgotten), as any orphan would.
+
+A moved copy's row is not changed, so a flush may still protect it between
+this transaction and the deletion: only with a ref naming a ``backend_name``
+that was read before the migration rewrote it, the ledger's documented limit
+on copying a ref read earlier.
 """
 
 from __future__ import annotations
