@@ -19,12 +19,13 @@ from granite_storage.gc import (
     GarbageCollectionReport,
     ReferenceSource,
 )
-from granite_storage.gc._collector import BaseCollector
-from granite_storage.gc._deletions import adelete_counted, stop_at_cap
+from granite_storage.gc._collector import BaseCollector, check_separable
+from granite_storage.gc._deletions import DeleteBatch, adelete_counted, stop_at_cap
 from granite_storage.gc._report import ORPHAN_SAMPLE_SIZE
 from granite_storage.gc._run import CollectionRun, Plan, RunOptions, acleanup_leftovers
 from granite_storage.integrations.sqlalchemy._db import arun_on_connection
 from granite_storage.integrations.sqlalchemy._ledger import ObjectLedger
+from granite_storage.integrations.sqlalchemy._ledger_moves import sort_sources
 from granite_storage.integrations.sqlalchemy._ledger_sweep import (
     Candidates,
     Won,
@@ -72,6 +73,15 @@ class LedgerGarbageCollector(BaseCollector):
     (listing plus every reference), except that each orphan is won through the
     ledger before it is deleted. It also catches objects the ledger never knew
     (written outside the library, or before the ledger existed).
+
+    ``acollect(backend_key=OLD, delete_source=True)``, the last step of a
+    move, is the exception that lists: the plain collector's run over ``OLD``
+    (same semantics and refusals, ``UnsafeCollectionError`` included), each
+    batch sorted in the ledger under its locks before anything is deleted. A
+    moved copy goes and its row is left as it is; a ref naming a
+    ``backend_name`` or a row an open transaction holds keeps the object
+    (``skipped_in_use``); unreferenced objects are won and forgotten as
+    :meth:`aaudit` does. See "Moving between backends".
 
     See ``docs/ledger.md`` for the protocol and why it is safe.
 
@@ -135,7 +145,10 @@ class LedgerGarbageCollector(BaseCollector):
     # -- listing-free ------------------------------------------------------------
 
     async def _arun(self, plan: Plan) -> GarbageCollectionReport:
-        """Collect the orphans of one policy from the ledger, without listing."""
+        """Collect the orphans of one policy from the ledger, without listing
+        (or, with ``delete_source``, the sources of a move: see below)."""
+        if plan.released_backends:
+            return await self._adelete_sources(plan)
         report, cap = plan.new_report(), plan.max_deletions
         started = time.monotonic()
         table, name, key = self.ledger.table, plan.backend.backend_name, plan.policy.storage_key
@@ -231,6 +244,40 @@ class LedgerGarbageCollector(BaseCollector):
         table = self.ledger.table
         await arun_on_connection(self.bind, lambda c: forget(c, table, deleted))
 
+    # -- the last step of a move ---------------------------------------------------
+
+    async def _adelete_sources(self, plan: Plan) -> GarbageCollectionReport:
+        """``acollect(backend_key=OLD, delete_source=True)``: the plain collector's
+        run over ``OLD`` (it lists), each batch sorted in the ledger first (see
+        ``_ledger_moves``)."""
+        check_separable(self.manager, plan.policy, plan.backend)
+        return await self._alisting_run(plan, None, functools.partial(self._adelete_moved, plan))
+
+    async def _adelete_moved(self, plan: Plan, locations: list[str]) -> BatchDeleteResult:
+        """Delete the moved copies of ``locations`` from the old backend (their
+        rows untouched) and the unreferenced ones as the audit does."""
+        table, metadata = self.ledger.table, self.reference_metadata
+        released = plan.released_backends
+        try:
+            sources = await arun_on_connection(
+                self.bind,
+                lambda c: sort_sources(
+                    c, table, metadata,
+                    locations=locations, released=released, lock_wait=self.ledger.lock_timeout,
+                ),
+            )  # fmt: skip
+        except LockUnavailableError:
+            return BatchDeleteResult()  # all kept: a transaction holds the database
+        moved = BatchDeleteResult()
+        if sources.moved:
+            moved = await plan.backend.adelete_many(sources.moved)
+        orphans = BatchDeleteResult()
+        if sources.unreferenced:
+            orphans = await self._awin_and_delete(plan, sources.unreferenced)
+        return BatchDeleteResult(
+            deleted=[*moved.deleted, *orphans.deleted], failed={**moved.failed, **orphans.failed}
+        )
+
     # -- the listing audit ---------------------------------------------------------
 
     async def aaudit(
@@ -256,41 +303,50 @@ class LedgerGarbageCollector(BaseCollector):
             (``BackendError``).
         """
         plan = self._plan(storage_key, dry_run, min_age, max_deletions, lists_backend=True)
-        bind, metadata, table = self.bind, self.reference_metadata, self.ledger.table
+        audit = await self._alisting_run(
+            plan, iter_references, functools.partial(self._awin_and_delete, plan)
+        )
+        logger.info("%s", audit)
+        return audit
+
+    async def _alisting_run(
+        self, plan: Plan, iter_references: ReferenceSource | None, delete_batch: DeleteBatch
+    ) -> GarbageCollectionReport:
+        """The plain collector's run over ``plan``, deleting through ``delete_batch``."""
+        bind, metadata = self.bind, self.reference_metadata
         source = iter_references or (lambda: iter_metadata_storage_refs(bind, metadata))
-        backend = plan.backend
-
-        async def adelete_batch(locations: list[str]) -> BatchDeleteResult:
-            wanted = dict.fromkeys(locations, (storage_key, backend.backend_name))
-            try:
-                won = await arun_on_connection(
-                    bind,
-                    lambda c: win_locations(
-                        c,
-                        table,
-                        metadata,
-                        locations=wanted,
-                        stamp=plan.now,
-                        lock_wait=self.ledger.lock_timeout,
-                        reserved_cutoff=plan.leftover_cutoff,
-                    ),
-                )
-            except LockUnavailableError:
-                return BatchDeleteResult()  # all kept: a transaction holds the database
-            if not won.deleting:
-                return BatchDeleteResult()
-            result = await backend.adelete_many(list(won.deleting))
-            if result.deleted:
-                await self._aforget(result.deleted)
-            return result
-
         options = RunOptions(
             iter_references=source,
             batch_size=self.batch_size,
             delete_concurrency=1,
-            delete_batch=adelete_batch,
+            delete_batch=delete_batch,
             in_use=functools.partial(self._aintents, plan.leftover_cutoff),
         )
-        audit = await CollectionRun(options, plan).arun()
-        logger.info("%s", audit)
-        return audit
+        return await CollectionRun(options, plan).arun()
+
+    async def _awin_and_delete(self, plan: Plan, locations: list[str]) -> BatchDeleteResult:
+        """Win ``locations`` in the ledger, delete those won from the plan's
+        backend, then forget their rows (the audit's deletion)."""
+        backend, table = plan.backend, self.ledger.table
+        wanted = dict.fromkeys(locations, (plan.policy.storage_key, backend.backend_name))
+        try:
+            won = await arun_on_connection(
+                self.bind,
+                lambda c: win_locations(
+                    c,
+                    table,
+                    self.reference_metadata,
+                    locations=wanted,
+                    stamp=plan.now,
+                    lock_wait=self.ledger.lock_timeout,
+                    reserved_cutoff=plan.leftover_cutoff,
+                ),
+            )
+        except LockUnavailableError:
+            return BatchDeleteResult()  # all kept: a transaction holds the database
+        if not won.deleting:
+            return BatchDeleteResult()
+        result = await backend.adelete_many(list(won.deleting))
+        if result.deleted:
+            await self._aforget(result.deleted)
+        return result
