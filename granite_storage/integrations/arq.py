@@ -28,6 +28,27 @@ schedules it. Both read two keys of the worker context, which your
 
 The job's result is the report as a dict
 (:meth:`~granite_storage.gc.GarbageCollectionReport.to_dict`).
+
+With the object ledger, put the strict collector under
+``ctx["granite_storage_collector"]`` (:data:`COLLECTOR_CTX_KEY`) instead of
+the references callable: :func:`collect_garbage` then runs its listing-free
+collection, and :func:`audit_garbage` (``gc_cron_job(..., audit=True)``) its
+periodic listing audit::
+
+    async def startup(ctx):
+        manager = StorageManager(backends=..., policies=...)
+        ctx[MANAGER_CTX_KEY] = manager
+        ctx[COLLECTOR_CTX_KEY] = LedgerGarbageCollector(
+            manager, ledger, engine, reference_metadata=Base.metadata
+        )
+
+    class WorkerSettings:
+        functions = [collect_garbage, audit_garbage]
+        cron_jobs = [
+            gc_cron_job("documents", minute={0, 30}),         # every half hour
+            gc_cron_job("documents", audit=True, weekday=6, hour=4),  # weekly audit
+        ]
+        on_startup = startup
 """
 
 from __future__ import annotations
@@ -41,16 +62,18 @@ from arq.cron import CronJob, cron
 from arq.typing import OptionType, WeekdayOptionType
 
 from granite_storage.errors import ConfigurationError
-from granite_storage.gc import DEFAULT_MIN_AGE, StorageGarbageCollector
+from granite_storage.gc import GarbageCollectionReport, StorageGarbageCollector
 from granite_storage.manager import StorageManager
 from granite_storage.migrate import amigrate
 from granite_storage.refs import StoredObjectRef
 
 __all__ = [
+    "COLLECTOR_CTX_KEY",
     "MANAGER_CTX_KEY",
     "REFERENCES_CTX_KEY",
     "REWRITE_CTX_KEY",
     "ReferencesForKey",
+    "audit_garbage",
     "collect_garbage",
     "gc_cron_job",
     "migrate_objects",
@@ -65,6 +88,12 @@ REFERENCES_CTX_KEY = "granite_storage_references"
 
 #: The worker-context key holding the migration's ref rewriter (see :func:`migrate_objects`).
 REWRITE_CTX_KEY = "granite_storage_rewrite"
+
+#: The worker-context key holding a collector built at startup (optional): a
+#: ``LedgerGarbageCollector`` (or a ``StorageGarbageCollector`` with options
+#: of your own). The jobs then use it instead of building one from the
+#: references callable.
+COLLECTOR_CTX_KEY = "granite_storage_collector"
 
 #: What ``ctx[REFERENCES_CTX_KEY]`` holds.
 ReferencesForKey: TypeAlias = Callable[
@@ -88,28 +117,80 @@ async def collect_garbage(
 
     :param delete: ``False`` for a dry run (reports, deletes nothing). Unlike
         the collector, the job deletes by default: it is meant to be scheduled.
-    :param min_age_seconds: the grace period (default one hour).
+    :param min_age_seconds: the grace period (default: the collector's, one
+        hour unless the collector in the context says otherwise).
     :param max_deletions: stop after this many deletions.
     :param backend_key: collect this backend instead of the policy's (a move
         between backends), and with ``delete_source=True`` delete the source
         copies of moved objects there: see ``StorageGarbageCollector.acollect``.
     :raises ConfigurationError: if the context lacks the manager or the
-        references callable (see the module docstring).
+        references callable, and holds no collector (see the module docstring).
     :raises StorageError: as :meth:`StorageGarbageCollector.acollect` does.
     """
-    manager, references = _manager_and_references(ctx)
-    min_age = DEFAULT_MIN_AGE if min_age_seconds is None else timedelta(seconds=min_age_seconds)
-    collector = StorageGarbageCollector(
-        manager, lambda: references(storage_key), min_age=min_age, max_deletions=max_deletions
-    )
+    collector = ctx.get(COLLECTOR_CTX_KEY)
+    if collector is None:
+        manager, references = _manager_and_references(ctx)
+        collector = StorageGarbageCollector(manager, lambda: references(storage_key))
+    elif not callable(getattr(collector, "acollect", None)):
+        raise ConfigurationError(
+            f"ctx[{COLLECTOR_CTX_KEY!r}] holds {type(collector).__name__}, not a garbage "
+            "collector: set it to a LedgerGarbageCollector (or StorageGarbageCollector)"
+        )
     report = await collector.acollect(
         storage_key=storage_key,
         dry_run=not delete,
+        min_age=_min_age(min_age_seconds),
+        max_deletions=max_deletions,
         backend_key=backend_key,
         delete_source=delete_source,
     )
+    return _reported(report, "garbage collection", storage_key)
+
+
+async def audit_garbage(
+    ctx: Mapping[str, Any],
+    storage_key: str,
+    *,
+    delete: bool = True,
+    min_age_seconds: float | None = None,
+    max_deletions: int | None = None,
+) -> dict[str, Any]:
+    """An arq job: the object ledger's periodic listing audit of ``storage_key``
+    (``LedgerGarbageCollector.aaudit``: lists the backend, so it also finds
+    objects the ledger never knew); returns the report as a dict.
+
+    It uses the collector under ``ctx["granite_storage_collector"]``
+    (:data:`COLLECTOR_CTX_KEY`). The options are those of :func:`collect_garbage`.
+
+    :raises ConfigurationError: if the context holds no ``LedgerGarbageCollector``.
+    """
+    collector = ctx.get(COLLECTOR_CTX_KEY)
+    aaudit = getattr(collector, "aaudit", None)
+    if not callable(aaudit):
+        found = "nothing" if collector is None else type(collector).__name__
+        raise ConfigurationError(
+            f"audit_garbage needs the object ledger's collector, and ctx[{COLLECTOR_CTX_KEY!r}] "
+            f"holds {found}: set it to LedgerGarbageCollector(manager, ledger, engine, "
+            "reference_metadata=Base.metadata) in your WorkerSettings.on_startup (without the "
+            "ledger, collect_garbage already lists the backend)"
+        )
+    report = await aaudit(
+        storage_key=storage_key,
+        dry_run=not delete,
+        min_age=_min_age(min_age_seconds),
+        max_deletions=max_deletions,
+    )
+    return _reported(report, "ledger audit", storage_key)
+
+
+def _min_age(seconds: float | None) -> timedelta | None:
+    """The run's grace period; ``None``: the collector's own."""
+    return None if seconds is None else timedelta(seconds=seconds)
+
+
+def _reported(report: GarbageCollectionReport, what: str, storage_key: str) -> dict[str, Any]:
     if not report.ok:
-        logger.warning("garbage collection of %r had %d failures", storage_key, report.failed)
+        logger.warning("%s of %r had %d failures", what, storage_key, report.failed)
     return report.to_dict()
 
 
@@ -136,6 +217,7 @@ def gc_cron_job(
     delete: bool = True,
     min_age_seconds: float | None = None,
     max_deletions: int | None = None,
+    audit: bool = False,
     name: str | None = None,
     month: OptionType = None,
     day: OptionType = None,
@@ -148,22 +230,27 @@ def gc_cron_job(
     keep_result: float | None = 86400,
     max_tries: int = 1,
 ) -> CronJob:
-    """An arq cron job that runs :func:`collect_garbage` for ``storage_key``.
+    """An arq cron job that runs :func:`collect_garbage` for ``storage_key``
+    (:func:`audit_garbage` with ``audit=True``).
 
     ``gc_cron_job("documents", hour=3)`` runs every day at 03:00:00 (arq's
     clock); ``minute`` and ``second`` default to 0 so that an ``hour`` alone
     means once a day, not once a minute. The job is ``unique``: with several
     workers it runs once per scheduled time. Its name is
-    ``cron:granite_storage_gc:<storage_key>`` unless ``name`` is given, and
-    its result (the report as a dict) is kept for ``keep_result`` seconds.
+    ``cron:granite_storage_gc:<storage_key>`` (``...audit...`` for an audit)
+    unless ``name`` is given, and its result (the report as a dict) is kept
+    for ``keep_result`` seconds.
 
     :raises ValueError: if ``storage_key`` is empty.
     """
     if not storage_key:
         raise ValueError("gc_cron_job needs the storage key to collect")
 
+    run = audit_garbage if audit else collect_garbage
+    kind = "audit" if audit else "gc"
+
     async def job(ctx: Mapping[str, Any]) -> dict[str, Any]:
-        return await collect_garbage(
+        return await run(
             ctx,
             storage_key,
             delete=delete,
@@ -171,10 +258,10 @@ def gc_cron_job(
             max_deletions=max_deletions,
         )
 
-    job.__qualname__ = job.__name__ = f"granite_storage_gc:{storage_key}"
+    job.__qualname__ = job.__name__ = f"granite_storage_{kind}:{storage_key}"
     return cron(
         job,
-        name=name or f"cron:granite_storage_gc:{storage_key}",
+        name=name or f"cron:granite_storage_{kind}:{storage_key}",
         month=month,
         day=day,
         weekday=weekday,

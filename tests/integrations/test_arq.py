@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from granite_storage import StoredObjectRef
 from granite_storage.errors import ConfigurationError
+from granite_storage.gc import StorageGarbageCollector
 from tests.gc_support import Store, make_store
+from tests.integrations.ledger_support import MIN_AGE, LedgerEnv, amake_env
 
 arq = pytest.importorskip("arq")
 
@@ -21,8 +24,10 @@ from arq.connections import ArqRedis, RedisSettings  # noqa: E402
 from arq.worker import Worker  # noqa: E402
 
 from granite_storage.integrations.arq import (  # noqa: E402
+    COLLECTOR_CTX_KEY,
     MANAGER_CTX_KEY,
     REFERENCES_CTX_KEY,
+    audit_garbage,
     collect_garbage,
     gc_cron_job,
 )
@@ -156,3 +161,103 @@ async def test_a_context_without_references_is_a_clear_error(store: Store) -> No
 def test_cron_job_needs_a_storage_key() -> None:
     with pytest.raises(ValueError, match="storage key"):
         gc_cron_job("")
+
+
+# -- with the object ledger: a collector of the application's own in the context -----
+
+
+@pytest.fixture
+async def lenv(db_engine: AsyncEngine) -> AsyncIterator[LedgerEnv]:
+    env = await amake_env(db_engine)
+    yield env
+    await env.adrain()
+
+
+def ledger_context(env: LedgerEnv) -> dict[str, Any]:
+    return {MANAGER_CTX_KEY: env.manager, COLLECTOR_CTX_KEY: env.collector()}
+
+
+async def _crash_orphan(env: LedgerEnv) -> StoredObjectRef:
+    """An intent row and its object: what a process killed before its commit leaves."""
+    location = env.manager.new_location(
+        storage_key="docs", model_name="ledger_doc", entity_id=uuid.uuid4(), field_name="file"
+    )
+    await env.ledger.arecord_intent(
+        env.engine, location=location, storage_key="docs", backend=env.backend.backend_name
+    )
+    return await env.manager.aput_stream(
+        storage_key="docs", model_name="ledger_doc", entity_id="x", field_name="file",
+        stream=b"crash", location=location,
+    )  # fmt: skip
+
+
+async def test_the_job_runs_the_ledger_collector_from_the_context(
+    redis_url: str, redis: ArqRedis, queue: str, lenv: LedgerEnv
+) -> None:
+    orphan = await _crash_orphan(lenv)
+    _, kept = await lenv.acommitted_doc()
+    lenv.clock.advance(MIN_AGE * 10)
+    assert await lenv.alocations() == {orphan.location, kept.location}
+    job = await redis.enqueue_job("collect_garbage", "docs", _queue_name=queue)
+    assert job is not None
+    worker = burst_worker(redis_url, queue, ledger_context(lenv), functions=[collect_garbage])
+    try:
+        assert await worker.run_check() == 1
+    finally:
+        await worker.close()
+    result = await job.result(timeout=5)
+    # The ledger's candidates (one intent row), not a listing of the backend.
+    assert (result["scanned"], result["deleted"], result["dry_run"]) == (1, 1, False)
+    assert await lenv.alocations() == {kept.location}
+    assert await lenv.arows() == {kept.location: "live"}
+
+
+async def test_the_audit_cron_job_finds_what_the_ledger_never_knew(
+    redis_url: str, redis: ArqRedis, queue: str, lenv: LedgerEnv
+) -> None:
+    _, kept = await lenv.acommitted_doc()
+    foreign = await lenv.manager.aput_bytes(
+        storage_key="docs", model_name="x", entity_id=1, field_name="f", content=b"foreign"
+    )
+    lenv.clock.advance(MIN_AGE * 10)
+    ctx = ledger_context(lenv)
+    # The ledger's own collection does not list: the foreign object is not its candidate.
+    plain = await collect_garbage(ctx, "docs")
+    assert (plain["scanned"], plain["deleted"]) == (0, 0)
+    assert foreign.location in await lenv.alocations()
+
+    cron_job = gc_cron_job("docs", audit=True, weekday=6, hour=4, run_at_startup=True)
+    assert cron_job.name == "cron:granite_storage_audit:docs"
+    worker = burst_worker(redis_url, queue, ctx, cron_jobs=[cron_job])
+    try:
+        assert await worker.run_check() == 1
+    finally:
+        await worker.close()
+    assert await lenv.alocations() == {kept.location}
+
+
+async def test_the_audit_job_needs_the_ledger_collector(store: Store) -> None:
+    ctx = worker_context(store, [])
+    with pytest.raises(ConfigurationError, match="LedgerGarbageCollector"):
+        await audit_garbage(ctx, "docs")
+    plain = StorageGarbageCollector(store.manager, list)
+    with pytest.raises(ConfigurationError, match="StorageGarbageCollector"):
+        await audit_garbage({**ctx, COLLECTOR_CTX_KEY: plain}, "docs")
+    with pytest.raises(ConfigurationError, match="not a garbage collector"):
+        await collect_garbage({**ctx, COLLECTOR_CTX_KEY: object()}, "docs")
+
+
+async def test_a_plain_collector_in_the_context_is_used_with_the_jobs_options(
+    store: Store,
+) -> None:
+    kept = await store.aput()
+    orphan = await store.aput(age=timedelta(minutes=5))
+    collector = StorageGarbageCollector(store.manager, lambda: [kept], min_age=timedelta(hours=1))
+    ctx = {MANAGER_CTX_KEY: store.manager, COLLECTOR_CTX_KEY: collector}
+    own = await collect_garbage(ctx, "docs")  # the collector's grace period: too young
+    assert (own["skipped_too_young"], own["deleted"]) == (1, 0)
+    assert await store.backend.aexists(orphan)
+    result = await collect_garbage(ctx, "docs", min_age_seconds=60)  # the job's
+    assert result["deleted"] == 1
+    assert not await store.backend.aexists(orphan)
+    assert await store.backend.aexists(kept)
