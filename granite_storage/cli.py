@@ -27,6 +27,12 @@ opens (engines, sessions, S3 clients) it closes on exit::
                 yield manager, lambda: iter_metadata_storage_refs(session, Base.metadata)
         await engine.dispose()
 
+With the object ledger, the factory yields ``(manager, collector)`` instead:
+a ``LedgerGarbageCollector`` built as the application builds it. ``gc`` then
+runs its listing-free collection, and ``gc --audit`` its listing audit
+(``aaudit``); ``--min-age`` and ``--max-deletions`` override the collector's
+own for the run. A ready collector prints no progress lines.
+
 Durations (``--min-age``) are an integer with a unit, ``30s``, ``15m``,
 ``2h``, ``1d``, ``1w``, or several of them (``1h30m``), or a bare number of
 seconds (``0``, ``90``).
@@ -57,17 +63,17 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import IO, Any
+from typing import IO, Any, Protocol, runtime_checkable
 
 import anyio
 
 from granite_storage.errors import FactoryError, StorageError
 from granite_storage.gc import (
-    DEFAULT_MIN_AGE,
     GarbageCollectionProgress,
     GarbageCollectionReport,
     StorageGarbageCollector,
 )
+from granite_storage.gc._collector import BaseCollector
 from granite_storage.manager import StorageManager
 from granite_storage.migrate import MigrationProgress, MigrationReport, amigrate
 
@@ -183,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the last step of a move: on --backend-key, a backend the policy moved away "
         "from, objects whose refs now name another backend (rewritten by `migrate` once "
         "their copy was verified) count as orphans; still a dry run without --delete",
+    )
+    gc.add_argument(
+        "--audit",
+        action="store_true",
+        help="with the object ledger (a factory yielding (manager, LedgerGarbageCollector)): "
+        "run its listing audit, which also finds objects the ledger never knew; still a dry "
+        "run without --delete",
     )
     gc.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     gc.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -333,21 +346,63 @@ async def _arun_gc(args: argparse.Namespace, factory: Callable[[], Any]) -> Garb
     async with _open_factory(args, factory) as value:
         if isinstance(value, tuple) and len(value) == 3:
             value = value[:2]  # migrate's factory: the rewrite is not needed here
-        manager, iter_references = _unpack(args.factory, value)
-        collector = StorageGarbageCollector(
-            manager,
-            iter_references,
-            min_age=DEFAULT_MIN_AGE if args.min_age is None else args.min_age,
-            max_deletions=args.max_deletions,
-            progress=None if args.quiet else _ProgressPrinter(sys.stderr, args.progress_interval),
-            progress_every=1000,
-        )
+        collector = _collector(args, value)
+        if args.audit:
+            if not isinstance(collector, _Auditor):
+                raise FactoryError(
+                    f"--audit is the object ledger's audit: {args.factory} must yield "
+                    "(manager, LedgerGarbageCollector(manager, ledger, engine, "
+                    "reference_metadata=Base.metadata)); without the ledger, gc lists the "
+                    "backend already"
+                )
+            if args.backend_key is not None or args.delete_source:
+                raise FactoryError("--audit collects the policy's own backend: drop --backend-key")
+            return await collector.aaudit(
+                storage_key=args.storage_key,
+                dry_run=not args.delete,
+                min_age=args.min_age,
+                max_deletions=args.max_deletions,
+            )
         return await collector.acollect(
             storage_key=args.storage_key,
             dry_run=not args.delete,
+            min_age=args.min_age,
+            max_deletions=args.max_deletions,
             backend_key=args.backend_key,
             delete_source=args.delete_source,
         )
+
+
+@runtime_checkable
+class _Auditor(Protocol):
+    """A collector with the object ledger's listing audit (``LedgerGarbageCollector``)."""
+
+    async def aaudit(
+        self,
+        *,
+        storage_key: str,
+        dry_run: bool = ...,
+        min_age: timedelta | None = ...,
+        max_deletions: int | None = ...,
+    ) -> GarbageCollectionReport: ...
+
+
+def _collector(args: argparse.Namespace, value: object) -> BaseCollector:
+    """The factory's collector, or a ``StorageGarbageCollector`` over its references."""
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], BaseCollector):
+        if not isinstance(value[0], StorageManager) or value[1].manager is not value[0]:
+            raise FactoryError(
+                f"{args.factory} yielded a collector of another manager than the one it "
+                "yielded with it; yield (manager, collector) built on that manager"
+            )
+        return value[1]
+    manager, iter_references = _unpack(args.factory, value)
+    return StorageGarbageCollector(
+        manager,
+        iter_references,
+        progress=None if args.quiet else _ProgressPrinter(sys.stderr, args.progress_interval),
+        progress_every=1000,
+    )
 
 
 def _unpack(spec: str, value: object) -> tuple[StorageManager, Any]:
@@ -361,7 +416,7 @@ def _unpack(spec: str, value: object) -> tuple[StorageManager, Any]:
     raise FactoryError(
         f"{spec} yielded {type(value).__name__} {value!r:.100}; it must yield a tuple "
         "(manager, iter_references): a StorageManager and a zero-argument callable returning "
-        "the references"
+        "the references (or, with the object ledger, (manager, LedgerGarbageCollector))"
     )
 
 

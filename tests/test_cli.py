@@ -275,3 +275,56 @@ def test_parse_duration_refuses_garbage(text: str) -> None:
 
     with pytest.raises(argparse.ArgumentTypeError, match="invalid duration"):
         parse_duration(text)
+
+
+# -- with the object ledger: the factory yields (manager, LedgerGarbageCollector) -------
+
+LEDGER_FACTORY = "tests.cli_ledger_factory:storage"
+
+
+async def test_a_ledger_collection_reads_the_ledger_and_lists_nothing(site: Site) -> None:
+    # The orphans were written without the ledger: it has no row for them, so its
+    # listing-free collection has no candidate and deletes nothing.
+    code, out, err = await run_cli(
+        site, LEDGER_FACTORY, "--storage-key", "documents", "--delete", "--min-age", "1h", "--json"
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert (report["scanned"], report["deleted"], report["dry_run"]) == (0, 0, False)
+    assert await site.aexisting() == {
+        ref.location for ref in [*site.referenced, *site.old_orphans, site.young_orphan] if ref
+    }
+
+
+async def test_the_ledger_audit_deletes_old_orphans_it_never_knew(site: Site) -> None:
+    dry = await run_cli(site, LEDGER_FACTORY, "--storage-key", "documents", "--audit", "--json")
+    assert dry[0] == 0, dry[2]
+    assert (json.loads(dry[1])["eligible"], json.loads(dry[1])["deleted"]) == (2, 0)
+    code, out, err = await run_cli(
+        site, LEDGER_FACTORY, "--storage-key", "documents", "--audit", "--delete",
+        "--min-age", "1h", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads(out)
+    assert (report["scanned"], report["referenced"], report["deleted"]) == (5, 2, 2)
+    assert site.young_orphan is not None
+    assert await site.aexisting() == {ref.location for ref in [*site.referenced, site.young_orphan]}
+
+
+@pytest.mark.parametrize(
+    ("factory", "extra", "message"),
+    [
+        (FACTORY, [], "--audit is the object ledger's audit"),
+        (LEDGER_FACTORY, ["--backend-key", "local"], "drop --backend-key"),
+        ("tests.cli_ledger_factory:foreign", [], "another manager"),
+    ],
+)
+async def test_ledger_usage_errors_exit_2(
+    site: Site, factory: str, extra: list[str], message: str
+) -> None:
+    args = [factory, "--storage-key", "documents", *extra]
+    if "foreign" not in factory:
+        args.append("--audit")
+    code, _, err = await run_cli(site, *args)
+    assert code == EXIT_USAGE
+    assert message in err
