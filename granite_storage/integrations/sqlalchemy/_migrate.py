@@ -85,9 +85,9 @@ def _rewrite(
                 statement = (
                     update(column.table)
                     .where(
-                        column["storage_key"].as_string() == storage_key,
-                        func.coalesce(column["backend"].as_string(), "") == backend,
-                        column["location"].as_string().in_(locations),
+                        _field(column, "storage_key") == storage_key,
+                        func.coalesce(_field(column, "backend"), "") == backend,
+                        _field(column, "location").in_(locations),
                     )
                     .values({column.key: _with_backend(column, target, conn.dialect.name)})
                 )
