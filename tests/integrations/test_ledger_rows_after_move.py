@@ -42,6 +42,22 @@ async def areplace(move: Move, doc_id: uuid.UUID, content: bytes) -> StoredObjec
     return ref
 
 
+async def amoved_then_released(
+    move: Move, *, switch: bool = True
+) -> tuple[StoredObjectRef, StoredObjectRef]:
+    """A document migrated to new, the policy switched (or not), then given new
+    content: its migrated ref is released. Returns (that ref, the current one);
+    the clock is past the grace period."""
+    doc_id, _ = await move.env.acommitted_doc(b"moved, then replaced")
+    await move.amigrate([await move.adoc_ref(doc_id)])
+    if switch:
+        move.use(move.after)
+    moved = await move.adoc_ref(doc_id)
+    current = await areplace(move, doc_id, b"v2")
+    move.env.clock.advance(OLD)
+    return moved, current
+
+
 def without(row: dict[str, Any], column: str) -> dict[str, Any]:
     return {name: value for name, value in row.items() if name != column}
 
@@ -92,13 +108,7 @@ async def test_a_ledger_in_another_metadata_is_passed_to_the_rewriter(move: Move
 async def test_a_moved_object_released_after_the_switch_is_collected_on_the_new_backend(
     move: Move,
 ) -> None:
-    env = move.env
-    doc_id, _ = await env.acommitted_doc(b"moved, then replaced")
-    await move.amigrate([await move.adoc_ref(doc_id)])
-    move.use(move.after)  # the switch
-    moved = await move.adoc_ref(doc_id)
-    current = await areplace(move, doc_id, b"v2")
-    env.clock.advance(OLD)
+    moved, current = await amoved_then_released(move)
 
     report = await move.collector().acollect(storage_key="docs", dry_run=False)
 
@@ -112,13 +122,7 @@ async def test_a_moved_object_released_after_the_switch_is_collected_on_the_new_
 async def test_the_source_step_leaves_a_released_moved_row_to_the_new_backend(
     move: Move,
 ) -> None:
-    env = move.env
-    doc_id, _ = await env.acommitted_doc(b"moved, then replaced")
-    await move.amigrate([await move.adoc_ref(doc_id)])
-    move.use(move.after)
-    moved = await move.adoc_ref(doc_id)
-    current = await areplace(move, doc_id, b"v2")
-    env.clock.advance(OLD)
+    moved, current = await amoved_then_released(move)
     row = (await move.aledger())[moved.location]
     assert (row["backend"], row["state"]) == ("new", "released")
 
@@ -140,13 +144,7 @@ async def test_the_source_step_leaves_a_released_moved_row_to_the_new_backend(
 async def test_the_new_backend_collected_first_leaves_the_source_to_the_source_step(
     move: Move,
 ) -> None:
-    env = move.env
-    doc_id, _ = await env.acommitted_doc(b"moved, then replaced")
-    await move.amigrate([await move.adoc_ref(doc_id)])
-    move.use(move.after)
-    moved = await move.adoc_ref(doc_id)
-    await areplace(move, doc_id, b"v2")
-    env.clock.advance(OLD)
+    moved, _ = await amoved_then_released(move)
 
     collected = await move.collector().acollect(storage_key="docs", dry_run=False)
     assert (collected.deleted, await move.new.aexists(moved)) == (1, False)
@@ -161,13 +159,8 @@ async def test_collecting_the_old_backend_leaves_the_rows_of_moved_objects(move:
     """Before the switch, released moved objects belong to the new backend's
     collection, whatever name the two backends have (both "local" here, or
     "local" and "s3")."""
-    env = move.env
-    doc_id, _ = await env.acommitted_doc(b"moved, then replaced")
-    _, kept = await env.acommitted_doc(b"not moved")
-    await move.amigrate([await move.adoc_ref(doc_id)])
-    moved = await move.adoc_ref(doc_id)
-    await areplace(move, doc_id, b"v2")  # policy still on old: v2 goes there
-    env.clock.advance(OLD)
+    _, kept = await move.env.acommitted_doc(b"not moved")
+    moved, _ = await amoved_then_released(move, switch=False)  # v2 is written to old
     assert move.old.backend_name == "local"
     row = (await move.aledger())[moved.location]
 
@@ -187,10 +180,7 @@ async def test_collecting_the_old_backend_leaves_the_rows_of_moved_objects(move:
 
 async def test_an_unreferenced_source_is_sorted_by_the_backend_its_row_names(move: Move) -> None:
     env = move.env
-    doc_id, _ = await env.acommitted_doc(b"moved, then replaced")
-    await move.amigrate([await move.adoc_ref(doc_id)])
-    moved = (await move.adoc_ref(doc_id)).location
-    await areplace(move, doc_id, b"v2")
+    moved = (await amoved_then_released(move, switch=False))[0].location
     orphans = []  # rows naming old by backend_name, by key, and no row
     for backend in ("local", "old", None):
         ref = await move.before.aput_bytes(
