@@ -142,6 +142,7 @@ class BaseCollector(ABC):
         return Plan(
             policy=policy,
             backend=backend,
+            backend_key=policy.backend_key if backend_key is None else backend_key,
             dry_run=dry_run,
             min_age=check_min_age(self.min_age if min_age is None else min_age),
             max_deletions=check_max_deletions(

@@ -42,6 +42,8 @@ class Plan:
 
     policy: StoragePolicy
     backend: StorageBackend
+    #: The key ``backend`` is registered under (the policy's, or ``backend_key=``).
+    backend_key: str
     dry_run: bool
     min_age: timedelta
     max_deletions: int | None

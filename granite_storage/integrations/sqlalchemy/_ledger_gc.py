@@ -51,7 +51,8 @@ class LedgerGarbageCollector(BaseCollector):
     ledger (an index range scan): ``intent`` rows (an upload whose transaction
     rolled back, or whose process died), ``released`` rows (a ref replaced,
     cleared or deleted) and ``deleting`` rows (a run that stopped half-way),
-    last changed before ``now - min_age``. Each batch is *won* in one short
+    last changed before ``now - min_age``, that name the collected backend
+    (its ``backend_name``, or its key once ``migrate`` moved them). Each batch is *won* in one short
     transaction (PostgreSQL: ``FOR UPDATE SKIP LOCKED``, READ COMMITTED;
     SQLite: ``BEGIN IMMEDIATE``), checked against every ref column of the
     application's ``MetaData``, and committed as ``deleting``; then the
@@ -80,8 +81,10 @@ class LedgerGarbageCollector(BaseCollector):
     batch sorted in the ledger under its locks before anything is deleted. A
     moved copy goes and its row is left as it is; a ref naming a
     ``backend_name`` or a row an open transaction holds keeps the object
-    (``skipped_in_use``); unreferenced objects are won and forgotten as
-    :meth:`aaudit` does. See "Moving between backends".
+    (``skipped_in_use``); an unreferenced moved object (its row names
+    another backend) loses its copy on ``OLD`` and keeps its row, for the
+    collection of that backend; other unreferenced objects are won and
+    forgotten as :meth:`aaudit` does. See "Moving between backends".
 
     See ``docs/ledger.md`` for the protocol and why it is safe.
 
@@ -151,8 +154,7 @@ class LedgerGarbageCollector(BaseCollector):
             return await self._adelete_sources(plan)
         report, cap = plan.new_report(), plan.max_deletions
         started = time.monotonic()
-        table, name, key = self.ledger.table, plan.backend.backend_name, plan.policy.storage_key
-        wanted = Candidates(key, name, plan.cutoff, plan.leftover_cutoff)
+        table, wanted = self.ledger.table, _candidates(plan)
         old, young = await arun_on_connection(
             self.bind, lambda c: count_candidates(c, table, wanted)
         )
@@ -188,10 +190,7 @@ class LedgerGarbageCollector(BaseCollector):
     ) -> None:
         """Win, check and delete batches until no candidate is left to win."""
         table, metadata, cap = self.ledger.table, self.reference_metadata, plan.max_deletions
-
-        wanted = Candidates(
-            plan.policy.storage_key, plan.backend.backend_name, plan.cutoff, plan.leftover_cutoff
-        )
+        wanted = _candidates(plan)
 
         def win(conn: Connection, limit: int) -> Won:
             return win_candidates(
@@ -255,15 +254,15 @@ class LedgerGarbageCollector(BaseCollector):
 
     async def _adelete_moved(self, plan: Plan, locations: list[str]) -> BatchDeleteResult:
         """Delete the moved copies of ``locations`` from the old backend (their
-        rows untouched) and the unreferenced ones as the audit does."""
+        rows untouched) and the other unreferenced ones as the audit does."""
         table, metadata = self.ledger.table, self.reference_metadata
-        released = plan.released_backends
+        released, old = plan.released_backends, _row_backends(plan)
         try:
             sources = await arun_on_connection(
                 self.bind,
                 lambda c: sort_sources(
-                    c, table, metadata,
-                    locations=locations, released=released, lock_wait=self.ledger.lock_timeout,
+                    c, table, metadata, locations=locations, released=released, old=old,
+                    lock_wait=self.ledger.lock_timeout,
                 ),
             )  # fmt: skip
         except LockUnavailableError:
@@ -350,3 +349,16 @@ class LedgerGarbageCollector(BaseCollector):
         if result.deleted:
             await self._aforget(result.deleted)
         return result
+
+
+def _row_backends(plan: Plan) -> frozenset[str]:
+    """What the ledger rows of objects on the plan's backend name: its
+    ``backend_name`` (written there) or its key (moved there by ``migrate``)."""
+    return frozenset({plan.backend.backend_name, plan.backend_key})
+
+
+def _candidates(plan: Plan) -> Candidates:
+    """The rows a listing-free collection of ``plan`` may take."""
+    return Candidates(
+        plan.policy.storage_key, _row_backends(plan), plan.cutoff, plan.leftover_cutoff
+    )

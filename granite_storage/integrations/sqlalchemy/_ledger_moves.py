@@ -12,13 +12,21 @@ the locks taken before the refs are read:
 * **moved**: only refs naming a released backend point at the location, and
   no transaction holds its ledger row. The copy on ``OLD`` is deleted; the row
   is left as it is (it describes the object the refs still name, on the new
-  backend).
+  backend). See below for a moved object no ref points at any more.
 * **kept**: refs point at it, and one names any other backend (a
   ``backend_name``: a row not migrated, or written since the references were
   read), or an open transaction holds its row, or the row is an upload
   (``intent``, ``uploading``) or is being deleted by another run.
-* **unreferenced**: no ref at all. These go through the listing audit's path
+* **unreferenced**: no ref at all, and no ledger row or a row naming ``OLD``
+  (by ``backend_name`` or key). These go through the listing audit's path
   (won in the ledger, deleted, their rows forgotten), as any orphan would.
+
+An unreferenced location whose row names another backend is a moved object
+released since: ``ref_rewriter`` moved its row with its refs. It is sorted
+like a moved copy (deleted on ``OLD``, the row left for the collection of the
+backend it names, which deletes the new copy), or kept while a transaction
+holds the row. Forgetting that row would leave the new copy with neither a
+row nor a ref.
 
 A moved copy's row is not changed, so a flush may still protect it between
 this transaction and the deletion: only with a ref naming a ``backend_name``
@@ -63,37 +71,46 @@ def sort_sources(
     *,
     locations: Sequence[str],
     released: Collection[str],
+    old: Collection[str],
     lock_wait: timedelta | None,
 ) -> Sources:
     """Sort ``locations`` (see the module docstring) in one winning transaction.
 
     :param released: the backend keys whose refs protect nothing here.
+    :param old: the names a ledger row of ``OLD`` carries: its ``backend_name``
+        and its key.
     :raises LockUnavailableError: if the lock could not be had in time.
     """
     wanted = sorted(set(locations))
-    states: dict[str, str] = {}
+    rows: dict[str, tuple[str, str]] = {}  # location -> (state, backend)
     free: set[str] = set()
     named: dict[str, set[str | None]] = {}
     with win_transaction(conn, lock_wait):
         for batch in batched(wanted):
-            rows = select(table.c.location, table.c.state).where(table.c.location.in_(batch))
-            states.update({row.location: row.state for row in conn.execute(rows)})
+            query = select(table.c.location, table.c.state, table.c.backend).where(
+                table.c.location.in_(batch)
+            )
+            rows.update({row.location: (row.state, row.backend) for row in conn.execute(query)})
             if conn.dialect.name == "postgresql":
-                locked = rows.with_for_update(skip_locked=True)
+                locked = query.with_for_update(skip_locked=True)
                 free.update(row.location for row in conn.execute(locked))
             else:  # SQLite: the transaction holds the database's write lock
-                free.update(states)
+                free.update(rows)
         for statement in _ref_backends_statements(metadata, wanted):
             for location, backend in conn.execute(statement):
                 named.setdefault(location, set()).add(backend)
     sources = Sources()
     for location in wanted:
+        row = rows.get(location)
+        held = row is not None and (location not in free or row[0] not in _SETTLED)
         backends = named.get(location)
         if not backends:
-            sources.unreferenced.append(location)
+            if row is None or row[1] in old:
+                sources.unreferenced.append(location)
+            else:  # a moved object released since: its row belongs to the new copy
+                (sources.kept if held else sources.moved).append(location)
             continue
         protected = any(backend not in released for backend in backends)
-        held = location in states and (location not in free or states[location] not in _SETTLED)
         (sources.kept if protected or held else sources.moved).append(location)
     return sources
 

@@ -22,6 +22,8 @@ from granite_storage.locations import MAX_LOCATION_LENGTH
 
 #: The default name of the ledger table.
 LEDGER_TABLE_NAME = "granite_storage_objects"
+#: The ``Table.info`` key that marks a ledger table (``ref_rewriter`` finds it by it).
+LEDGER_TABLE_MARK = "granite_storage.ledger_table"
 
 
 class LedgerState(StrEnum):
@@ -52,12 +54,15 @@ def ledger_table(metadata: MetaData, name: str = LEDGER_TABLE_NAME) -> Table:
     """Define the ledger table in ``metadata``.
 
     One row per stored object: ``location`` (primary key), ``storage_key``,
-    ``backend`` (the backend's name), ``size`` and ``checksum`` (known once
+    ``backend`` (what the refs to it name: the backend's ``backend_name`` when
+    written, the target's key once ``granite-storage migrate`` moved it),
+    ``size`` and ``checksum`` (known once
     the upload ended), ``created_at`` (the intent), ``updated_at`` (the last
     change of state: the grace period of released rows counts from it) and
     ``state`` (a :class:`LedgerState`). The index on ``(storage_key, state,
     updated_at)`` makes the collector's candidate query cost O(candidates):
-    live rows, the bulk of the table, are never read by it.
+    live rows, the bulk of the table, are never read by it. The table is
+    marked in its ``info`` (``LEDGER_TABLE_MARK``).
     """
     states = ", ".join(f"'{state.value}'" for state in LedgerState)
     return Table(
@@ -73,4 +78,5 @@ def ledger_table(metadata: MetaData, name: str = LEDGER_TABLE_NAME) -> Table:
         Column("state", String(16), nullable=False),
         CheckConstraint(f"state IN ({states})", name=f"ck_{name}_state"),
         Index(f"ix_{name}_candidates", "storage_key", "state", "updated_at"),
+        info={LEDGER_TABLE_MARK: True},
     )

@@ -306,10 +306,15 @@ class Candidates:
     """Which rows of one policy a listing-free collection may take: ``intent``,
     ``released`` and ``deleting`` rows last changed before ``cutoff``, and
     direct uploads (``uploading``) reserved before ``reserved_cutoff`` (the
-    collector's leftover cutoff: a direct upload may run that long)."""
+    collector's leftover cutoff: a direct upload may run that long).
+
+    ``backends`` are the names a row of the collected backend carries: its
+    ``backend_name`` (the rows written on it) and the key it is registered
+    under (the rows ``granite-storage migrate`` moved to it).
+    """
 
     storage_key: str
-    backend: str
+    backends: frozenset[str]
     cutoff: datetime
     reserved_cutoff: datetime
 
@@ -318,7 +323,7 @@ class Candidates:
         (``False``) or both (``None``)."""
         where = [
             table.c.storage_key == self.storage_key,
-            table.c.backend == self.backend,
+            table.c.backend.in_(sorted(self.backends)),
             table.c.state.in_([state.value for state in (*CANDIDATE_STATES, UPLOADING)]),
         ]
         if old is not None:
