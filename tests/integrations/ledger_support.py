@@ -195,6 +195,20 @@ class LedgerEnv:
             await session.commit()
             return doc.id, ref
 
+    async def aorphan_intent(self, content: bytes = b"crash") -> StoredObjectRef:
+        """What a process killed between its upload and its commit leaves: an
+        intent row and an object."""
+        location = self.manager.new_location(
+            storage_key="docs", model_name="ledger_doc", entity_id=uuid.uuid4(), field_name="file"
+        )
+        await self.ledger.arecord_intent(
+            self.engine, location=location, storage_key="docs", backend=self.backend.backend_name
+        )
+        return await self.manager.aput_stream(
+            storage_key="docs", model_name="ledger_doc", entity_id="x", field_name="file",
+            stream=content, location=location,
+        )  # fmt: skip
+
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name

@@ -177,24 +177,10 @@ def ledger_context(env: LedgerEnv) -> dict[str, Any]:
     return {MANAGER_CTX_KEY: env.manager, COLLECTOR_CTX_KEY: env.collector()}
 
 
-async def _crash_orphan(env: LedgerEnv) -> StoredObjectRef:
-    """An intent row and its object: what a process killed before its commit leaves."""
-    location = env.manager.new_location(
-        storage_key="docs", model_name="ledger_doc", entity_id=uuid.uuid4(), field_name="file"
-    )
-    await env.ledger.arecord_intent(
-        env.engine, location=location, storage_key="docs", backend=env.backend.backend_name
-    )
-    return await env.manager.aput_stream(
-        storage_key="docs", model_name="ledger_doc", entity_id="x", field_name="file",
-        stream=b"crash", location=location,
-    )  # fmt: skip
-
-
 async def test_the_job_runs_the_ledger_collector_from_the_context(
     redis_url: str, redis: ArqRedis, queue: str, lenv: LedgerEnv
 ) -> None:
-    orphan = await _crash_orphan(lenv)
+    orphan = await lenv.aorphan_intent()
     _, kept = await lenv.acommitted_doc()
     lenv.clock.advance(MIN_AGE * 10)
     assert await lenv.alocations() == {orphan.location, kept.location}

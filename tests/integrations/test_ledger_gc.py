@@ -10,7 +10,6 @@ import pytest
 from sqlalchemy import MetaData, insert, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from granite_storage import StoredObjectRef
 from granite_storage.backends.memory import MemoryStorageBackend
 from granite_storage.errors import BackendError, ConfigurationError
 from granite_storage.integrations.sqlalchemy import drain_pending_deletions, ref_rewriter
@@ -39,28 +38,13 @@ async def lenv(db_engine: AsyncEngine) -> AsyncIterator[LedgerEnv]:
     await env.adrain()
 
 
-async def _orphan_intent(env: LedgerEnv, content: bytes = b"crash") -> StoredObjectRef:
-    """What a process killed between its upload and its commit leaves: an
-    intent row and an object."""
-    location = env.manager.new_location(
-        storage_key="docs", model_name="ledger_doc", entity_id=uuid.uuid4(), field_name="file"
-    )
-    await env.ledger.arecord_intent(
-        env.engine, location=location, storage_key="docs", backend=env.backend.backend_name
-    )
-    return await env.manager.aput_stream(
-        storage_key="docs", model_name="ledger_doc", entity_id="x", field_name="file",
-        stream=content, location=location,
-    )  # fmt: skip
-
-
 def _counting(env: LedgerEnv) -> CountingBackend:
     assert isinstance(env.backend, CountingBackend)
     return env.backend
 
 
 async def test_a_crash_orphan_is_deleted_without_listing(lenv: LedgerEnv) -> None:
-    orphan = await _orphan_intent(lenv)
+    orphan = await lenv.aorphan_intent()
     _, kept = await lenv.acommitted_doc()
     lenv.clock.advance(OLD)
     report = await lenv.collector().acollect(storage_key="docs", dry_run=False)
@@ -74,7 +58,7 @@ async def test_a_crash_orphan_is_deleted_without_listing(lenv: LedgerEnv) -> Non
 
 
 async def test_young_candidates_are_kept(lenv: LedgerEnv) -> None:
-    orphan = await _orphan_intent(lenv)
+    orphan = await lenv.aorphan_intent()
     report = await lenv.collector().acollect(storage_key="docs", dry_run=False)
     assert (report.scanned, report.skipped_too_young, report.deleted) == (1, 1, 0)
     assert report.orphaned == 1
@@ -102,7 +86,7 @@ async def test_released_objects_are_collected_and_referenced_ones_kept(lenv: Led
 
 
 async def test_a_half_finished_run_is_finished(lenv: LedgerEnv) -> None:
-    orphan = await _orphan_intent(lenv)
+    orphan = await lenv.aorphan_intent()
     async with lenv.engine.begin() as conn:  # won, then the collector died
         await conn.execute(update(TABLE).values(state="deleting"))
     lenv.clock.advance(OLD)
@@ -114,7 +98,7 @@ async def test_a_half_finished_run_is_finished(lenv: LedgerEnv) -> None:
 
 
 async def test_a_dry_run_reports_and_changes_nothing(lenv: LedgerEnv) -> None:
-    orphans = {(await _orphan_intent(lenv)).location for _ in range(3)}
+    orphans = {(await lenv.aorphan_intent()).location for _ in range(3)}
     lenv.clock.advance(OLD)
     report = await lenv.collector().acollect(storage_key="docs")
     assert report.dry_run
@@ -126,7 +110,7 @@ async def test_a_dry_run_reports_and_changes_nothing(lenv: LedgerEnv) -> None:
 
 async def test_max_deletions_stops_the_run(lenv: LedgerEnv) -> None:
     for _ in range(3):
-        await _orphan_intent(lenv)
+        await lenv.aorphan_intent()
     lenv.clock.advance(OLD)
     report = await lenv.collector(max_deletions=2, batch_size=1).acollect(
         storage_key="docs", dry_run=False
@@ -156,7 +140,7 @@ async def test_a_row_outside_the_policy_prefix_is_never_deleted(lenv: LedgerEnv)
 async def test_on_sqlite_an_open_write_transaction_makes_the_collector_wait_its_turn(
     lenv: LedgerEnv,
 ) -> None:
-    orphan = await _orphan_intent(lenv)
+    orphan = await lenv.aorphan_intent()
     lenv.clock.advance(OLD)
     async with lenv.session() as session:
         session.add(Doc())
@@ -252,7 +236,7 @@ async def test_a_failed_deletion_stays_deleting_and_the_next_run_finishes_it(
 ) -> None:
     backend = _FlakyBackend()
     env = await amake_env(db_engine, backend)
-    orphan = await _orphan_intent(env)
+    orphan = await env.aorphan_intent()
     env.clock.advance(OLD)
     report = await env.collector().acollect(storage_key="docs", dry_run=False)
     assert (report.deleted, report.failed) == (0, 1)
