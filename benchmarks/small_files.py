@@ -2,7 +2,8 @@
 
 All three implementations write the same layout granite_storage uses
 (``bench/document/{i}/file/{uuid}.bin``, one entity per upload), so each
-upload creates its directories, a temporary file and a rename.
+upload creates its directories, a temporary file next to its target and a
+rename within that directory.
 """
 
 from __future__ import annotations
@@ -106,21 +107,21 @@ async def legacy_small(
 
 
 def _raw_put(root: str, payload: bytes, fsync: bool) -> Callable[[int], str]:
-    """One upload's file operations: hash, temporary file, write, (fsync),
-    directories, rename, (fsync dir)."""
-    temp_dir = os.path.join(root, ".tmp")
-    os.makedirs(temp_dir, exist_ok=True)
+    """One upload's file operations, as the local backend does them: hash,
+    directories, a temporary file next to the target, write, (fsync), rename
+    within the directory, (fsync dir)."""
 
     def put(index: int) -> str:
         checksum = hashlib.sha256(payload).hexdigest()
-        temp = os.path.join(temp_dir, f"{uuid.uuid4().hex}.part")
+        parent = os.path.join(root, "bench", "document", str(index), "file")
+        os.makedirs(parent, exist_ok=True)
+        name = f"{uuid.uuid4().hex}.bin"
+        temp = os.path.join(parent, f".tmp.{uuid.uuid4().hex}.{name}.part")
         with open(temp, "xb", buffering=0) as file:
             file.write(payload)
             if fsync:
                 os.fsync(file.fileno())
-        parent = os.path.join(root, "bench", "document", str(index), "file")
-        os.makedirs(parent, exist_ok=True)
-        os.replace(temp, os.path.join(parent, f"{uuid.uuid4().hex}.bin"))
+        os.replace(temp, os.path.join(parent, name))
         if fsync:
             fd = os.open(parent, os.O_RDONLY)
             try:
@@ -152,7 +153,7 @@ def raw_small(
     timer: Timer, *, root: str, count: int, size: int, concurrency: int, fsync: bool
 ) -> dict[str, float]:
     """The same file operations as granite_storage's local backend, from plain
-    threads: hash, temporary file, write, (fsync), directories, rename, (fsync dir)."""
+    threads: see :func:`_raw_put`."""
     put = _raw_put(root, random_block(size), fsync)
     with ThreadPoolExecutor(concurrency) as pool:
         pool.submit(put, -1).result()  # warm-up, as for the others (the reset deletes it)

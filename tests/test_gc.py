@@ -6,6 +6,7 @@ import ast
 import json
 import logging
 import threading
+import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 import granite_storage.gc
 from granite_storage import StorageError, StorageManager, StoragePolicy, StoredObjectRef
-from granite_storage.backends.local import TEMP_DIR_NAME
+from granite_storage.backends.local import TEMP_DIR_NAME, TEMP_PREFIX
 from granite_storage.backends.memory import MemoryStorageBackend
 from granite_storage.contracts import BatchDeleteResult, InUse, StorageBackend
 from granite_storage.errors import BackendError, ConfigurationError, UnsafeCollectionError
@@ -580,27 +581,39 @@ async def test_a_source_returning_an_awaitable_is_refused(store: Store) -> None:
 
 async def test_stale_temporary_files_are_leftovers(tmp_path: Path) -> None:
     store = make_store("local", tmp_path)
-    await store.aput()  # creates the root and its temporary directory
-    temp_dir = store.path(TEMP_DIR_NAME)
-    # Temporary files name their target location (percent-encoded).
-    stale, fresh = temp_dir / "1.docs%2Fm%2F1%2Fa.part", temp_dir / "2.docs%2Fm%2F1%2Fb.part"
-    other = temp_dir / "3.docs2%2Fm%2F1%2Fc.part"  # policy docs2's upload
-    unknown = temp_dir / "4.part"  # no target: granite-storage 0.1.0's names
-    for path in (stale, fresh, other, unknown):
+    await store.aput()  # creates the root
+
+    def temp(directory: str, target: str | None) -> Path:
+        name = ".".join(filter(None, [TEMP_PREFIX, uuid.uuid4().hex, target, "part"]))
+        return store.path(f"{directory}/{name}")
+
+    # Temporary files lie next to their target and name it.
+    stale, fresh = temp("docs/m/1", "a"), temp("docs/m/1", "b")
+    other = temp("docs2/m/1", "c")  # policy docs2's upload
+    unnamed = temp("docs/m/2", None)  # a target name too long to record
+    # The shared temporary directory of earlier versions is still swept.
+    legacy_dir = store.path(TEMP_DIR_NAME)
+    legacy, legacy_other = legacy_dir / "1.docs%2Fm%2F3%2Fd.part", legacy_dir / "3.docs2%2Fe.part"
+    unknown = legacy_dir / "4.part"  # no target in the name: kept
+    every = (stale, fresh, other, unnamed, legacy, legacy_other, unknown)
+    for path in every:
+        await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
         await anyio.Path(path).write_bytes(b"half an upload")
-    for path in (stale, other, unknown):
+    for path in (stale, other, unnamed, legacy, legacy_other, unknown):
         await aset_mtime(path, datetime.now(UTC) - OLD)
     gc = collector(store, store.written, leftover_min_age=timedelta(hours=1))
 
     dry = await gc.acollect(storage_key="docs")
-    assert dry.leftovers_removed == 1
-    assert await anyio.Path(stale).exists()
+    assert dry.leftovers_removed == 3
+    assert all([await anyio.Path(path).exists() for path in every])
 
     report = await gc.acollect(storage_key="docs", dry_run=False)
-    assert report.leftovers_removed == 1
+    assert report.leftovers_removed == 3
     assert report.scanned == 1  # temporary files are never listed as objects
-    assert not await anyio.Path(stale).exists()
-    for kept in (fresh, other, unknown):  # written to lately; another policy's; unknown
+    for gone in (stale, unnamed, legacy):
+        assert not await anyio.Path(gone).exists()
+    assert not await anyio.Path(unnamed.parent).exists()  # the directory it left empty
+    for kept in (fresh, other, legacy_other, unknown):  # fresh; another policy's; unknown
         assert await anyio.Path(kept).exists()
 
     skipped = await collector(store, [], cleanup_leftovers=False).acollect(storage_key="docs")

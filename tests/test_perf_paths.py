@@ -33,6 +33,7 @@ from granite_storage.backends.local import LocalStorageBackend
 from granite_storage.errors import ContentTooLargeError
 from granite_storage.streams import blocking_pull, chunks_of, coalesce
 from granite_storage.testing import manager_for
+from tests.local_temp import temp_files
 
 MIB = 1 << 20
 
@@ -192,7 +193,7 @@ async def test_an_async_generator_is_written_by_one_writer_thread(
     assert set(writer_threads) == {"granite-writer"}
     assert (ref.size, ref.checksum) == (len(data), sha256(data))
     assert await anyio.Path(tmp_path / ref.location).read_bytes() == data
-    assert await anyio.to_thread.run_sync(files_under, tmp_path / ".granite-tmp") == []
+    assert await anyio.to_thread.run_sync(temp_files, tmp_path) == []
 
 
 async def test_an_async_source_that_fails_mid_stream_leaves_no_file(tmp_path: Path) -> None:

@@ -1,13 +1,17 @@
 """Local disk backend: atomic writes, streaming reads, all file I/O in worker threads.
 
-Every upload is written to ``<root>/.granite-tmp/<random>.<location>.part``
-(the location percent-encoded, so a collection touches only the temporary
-files of its own policy's prefix), flushed and
-(by default) fsynced, and then renamed into place with ``os.replace``, which
-is atomic on POSIX: a reader sees the whole object or nothing. A failed,
-oversized or cancelled upload removes its temporary file in a
-cancellation-shielded scope. Temporary files of a process that died are
-"leftovers", removed by the garbage collector once idle for its leftover age.
+Every upload is written to a temporary file next to its target,
+``<directory>/.granite-tmp.<random>.<name>.part`` (so a collection finds the
+temporary files of its own policy's prefix by walking it), flushed and (by
+default) fsynced, and then renamed into place with ``os.replace`` within that
+directory, which is atomic on POSIX: a reader sees the whole object or
+nothing. A rename within one directory is also the cheapest there is (no
+second directory to lock, no single directory every upload goes through). A
+failed, oversized or cancelled upload removes its temporary file, and the
+directories it made, in a cancellation-shielded scope. Temporary files of a
+process that died are "leftovers", removed by the garbage collector once idle
+for its leftover age. No location may have a segment starting with
+``.granite-tmp``.
 """
 
 from __future__ import annotations
@@ -28,8 +32,11 @@ import anyio.to_thread
 from granite_storage._concurrency import Checkpoint, copy_slots, run_fed, run_stoppable
 from granite_storage.backends._local_io import (
     TEMP_DIR_NAME,
+    TEMP_PREFIX,
     FileReader,
-    find_temp_files,
+    check_not_reserved,
+    find_leftovers,
+    prune_empty_dirs,
     remove_files,
     scan,
     temp_name,
@@ -46,7 +53,7 @@ from granite_storage.contracts import (
 from granite_storage.errors import BackendError, InvalidLocationError, StorageError
 from granite_storage.streams import BlockingPull, HashingThread, Sha256Digest, blocking_pull
 
-__all__ = ["TEMP_DIR_NAME", "LocalStorageBackend"]
+__all__ = ["TEMP_DIR_NAME", "TEMP_PREFIX", "LocalStorageBackend"]
 
 
 class LocalStorageBackend(StorageBackend):
@@ -78,12 +85,13 @@ class LocalStorageBackend(StorageBackend):
 
     def _root(self) -> str:
         if self._real_root is None:
-            os.makedirs(os.path.join(self.root_dir, TEMP_DIR_NAME), exist_ok=True)
+            os.makedirs(self.root_dir, exist_ok=True)
             self._real_root = os.path.realpath(self.root_dir)
         return self._real_root
 
     def _inside_root(self, path: str, location: str) -> str:
         """``path`` with symlinks resolved, if it stays under the root."""
+        check_not_reserved(location)
         root = self._root()
         real = os.path.realpath(path)
         if real != root and not real.startswith(root + os.sep):
@@ -91,32 +99,31 @@ class LocalStorageBackend(StorageBackend):
         return real
 
     def _open_temp(self, location: str) -> tuple[BinaryIO, str]:
-        temp_dir = os.path.join(self._root(), TEMP_DIR_NAME)
-        path = os.path.join(temp_dir, temp_name(location))
-        try:
-            return open(path, "xb", buffering=0), path
-        except FileNotFoundError:
-            # The temp directory (or the whole root) was removed while this
-            # backend lived, e.g. by emptying the storage directory: make it again.
-            os.makedirs(temp_dir, exist_ok=True)
-            return open(path, "xb", buffering=0), path
+        """A new temporary file in the directory of ``location`` (made if
+        missing), open for writing, and its path."""
+        name = location.rsplit("/", 1)[-1]
+        for _ in range(5):  # a concurrent delete may prune a new directory in between
+            try:
+                parent = self._parent_dir(location, create=True)
+                if parent is None:
+                    continue
+                path = os.path.join(parent, temp_name(name))
+                return open(path, "xb", buffering=0), path
+            except FileNotFoundError:
+                # A directory was pruned meanwhile, or the whole root was
+                # removed while this backend lived (the storage directory
+                # emptied): make the root again and retry.
+                os.makedirs(self._root(), exist_ok=True)
+        raise BackendError(f"could not create the directory of {location!r}")
 
     def _commit(self, file: BinaryIO, temp: str, location: str) -> None:
+        """Rename the temporary file into place, in its own directory (which
+        cannot be pruned meanwhile: the temporary file is in it)."""
         if self.fsync:
             os.fsync(file.fileno())
         file.close()
-        for _ in range(5):  # a concurrent delete may prune the new parent in between
-            parent = self._parent_dir(location, create=True)
-            if parent is None:
-                continue
-            try:
-                os.replace(temp, os.path.join(parent, location.rsplit("/", 1)[-1]))
-                break
-            except FileNotFoundError:
-                if not os.path.exists(temp):
-                    raise
-        else:
-            raise BackendError(f"could not create the directory of {location!r}")
+        parent = os.path.dirname(temp)
+        os.replace(temp, os.path.join(parent, location.rsplit("/", 1)[-1]))
         if self.fsync:
             dir_fd = os.open(parent, os.O_RDONLY)
             try:
@@ -135,6 +142,7 @@ class LocalStorageBackend(StorageBackend):
             delete can be redirected outside the root.
         :raises BackendError: with ``create``, if a level is not a directory.
         """
+        check_not_reserved(location)
         path = self._root()
         for segment in location.split("/")[:-1]:
             path = os.path.join(path, segment)
@@ -211,11 +219,12 @@ class LocalStorageBackend(StorageBackend):
             raise
         return PutResult(size=digest.size, checksum=digest.checksum)
 
-    @staticmethod
-    def _discard(file: BinaryIO, temp: str) -> None:
+    def _discard(self, file: BinaryIO, temp: str) -> None:
+        """Remove a failed upload's temporary file and the directories it made."""
         file.close()
         with suppress(FileNotFoundError):
             os.unlink(temp)
+        prune_empty_dirs(self._root(), os.path.dirname(temp))
 
     def _open_for_read(self, location: str, start: int, end: int | None) -> tuple[BinaryIO, int]:
         real = self._inside_root(os.path.join(self._root(), location), location)
@@ -239,13 +248,7 @@ class LocalStorageBackend(StorageBackend):
             return
         # Prune directories the delete left empty, so millions of deleted
         # objects do not leave millions of empty directories behind.
-        root = self._root()
-        while parent != root and parent.startswith(root + os.sep):
-            try:
-                os.rmdir(parent)
-            except OSError:
-                break
-            parent = os.path.dirname(parent)
+        prune_empty_dirs(self._root(), parent)
 
     def _delete_batch(self, locations: Sequence[str]) -> BatchDeleteResult:
         """Delete ``locations`` (already validated) in the calling thread."""
@@ -322,14 +325,14 @@ class LocalStorageBackend(StorageBackend):
         self, prefix: str | None, older_than: datetime, dry_run: bool, in_use: InUse
     ) -> int:
         """Remove the temporary files bound for a location under ``prefix``
-        (their names say which) and not written to since ``older_than``."""
-        temp_dir = os.path.join(await anyio.to_thread.run_sync(self._root), TEMP_DIR_NAME)
-        found = await anyio.to_thread.run_sync(find_temp_files, temp_dir, prefix, older_than)
+        (found by walking it) and not written to since ``older_than``."""
+        root = await anyio.to_thread.run_sync(self._root)
+        found = await anyio.to_thread.run_sync(find_leftovers, root, prefix, older_than)
         kept = set(await in_use([t for _, t in found if t and not t.endswith("/")]))
         stale = [path for path, target in found if target not in kept]
         if dry_run:
             return len(stale)
-        return await anyio.to_thread.run_sync(remove_files, stale)
+        return await anyio.to_thread.run_sync(remove_files, root, stale)
 
 
 def _write_all(file: BinaryIO, chunk: bytes) -> None:

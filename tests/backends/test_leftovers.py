@@ -12,7 +12,6 @@ kept.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,10 +22,11 @@ import anyio.to_thread
 import pytest
 
 from granite_storage import StorageManager
-from granite_storage.backends.local import TEMP_DIR_NAME, LocalStorageBackend
+from granite_storage.backends.local import TEMP_PREFIX, LocalStorageBackend
 from granite_storage.contracts import StorageBackend
 from granite_storage.gc import GarbageCollectionReport, StorageGarbageCollector
 from granite_storage.testing import manager_for
+from tests.local_temp import temp_files
 
 MiB = 1024 * 1024
 PART = 5 * MiB  # S3's smallest part
@@ -159,10 +159,6 @@ async def test_s3_cleanup_is_scoped_to_the_prefix_and_keeps_uploads_in_use(
 # --------------------------------------------------------------------------- local disk
 
 
-def temp_files(root: Path) -> list[str]:
-    return sorted(os.listdir(root / TEMP_DIR_NAME)) if (root / TEMP_DIR_NAME).exists() else []
-
-
 async def hanging(chunks: int | None = None) -> AsyncIterator[bytes]:
     """3 MiB (past the manager's read-ahead), then ``chunks`` is None: hang."""
     for _ in range(3):
@@ -188,11 +184,9 @@ async def test_slow_active_local_upload_survives_collections_of_both_policies(
             hung.start_soon(stalls, prefix)
         while len(idle := await anyio.to_thread.run_sync(temp_files, tmp_path)) < 2:  # noqa: ASYNC110
             await anyio.sleep(0.01)
-        # Each temporary file names its target location, percent-encoded.
-        assert sorted(name.split(".", 1)[1][:16] for name in idle) == [
-            "a%2Fm%2F2%2Ff%2F",
-            "b%2Fm%2F2%2Ff%2F",
-        ]
+        # Each temporary file is next to its target (and names it).
+        assert [str(path.parent.relative_to(tmp_path)) for path in idle] == ["a/m/2/f", "b/m/2/f"]
+        assert all(path.name.startswith(TEMP_PREFIX + ".") for path in idle)
 
         async def always() -> bool:
             return True

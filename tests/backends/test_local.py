@@ -14,6 +14,7 @@ import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -21,12 +22,13 @@ import pytest
 from granite_storage import InvalidLocationError, StorageManager, StoredObjectRef
 from granite_storage._concurrency import CpuSlots
 from granite_storage.backends import local as local_module
-from granite_storage.backends.local import TEMP_DIR_NAME, LocalStorageBackend
-from granite_storage.errors import BackendError
+from granite_storage.backends.local import TEMP_DIR_NAME, TEMP_PREFIX, LocalStorageBackend
+from granite_storage.errors import BackendError, ContentTooLargeError
 from granite_storage.streams import SizeLimiter
 from granite_storage.streams import chunks_of as aiter_chunks
 from granite_storage.streams import coalesce as acoalesce
 from granite_storage.testing import manager_for
+from tests.local_temp import temp_files
 
 
 def files_under(root: Path) -> list[str]:
@@ -69,7 +71,13 @@ async def test_upload_is_invisible_until_complete(tmp_path: Path) -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch)
         refs.append(await put_stream(manager, source()))
-    assert len(seen["files"]) == 1 and seen["files"][0].startswith(TEMP_DIR_NAME + "/")
+    # The one file was a temporary file next to its target.
+    assert len(seen["files"]) == 1
+    directory, _, name = seen["files"][0].rpartition("/")
+    assert name.startswith(TEMP_PREFIX + ".") and name.endswith(
+        f".{refs[0].location.rpartition('/')[2]}.part"
+    )
+    assert directory == refs[0].location.rpartition("/")[0]
     assert seen["listing"] == []
     assert await anyio.to_thread.run_sync(files_under, tmp_path) == [refs[0].location]
 
@@ -157,7 +165,8 @@ async def test_delete_prunes_empty_directories(tmp_path: Path) -> None:
     assert await anyio.Path(tmp_path / keep.location).exists()
 
 
-async def test_stale_temporary_files_are_leftovers(tmp_path: Path) -> None:
+async def test_stale_temporary_files_of_earlier_versions_are_leftovers(tmp_path: Path) -> None:
+    # Earlier versions wrote every upload in progress to one shared directory.
     backend = LocalStorageBackend(tmp_path)
     temp = anyio.Path(tmp_path / TEMP_DIR_NAME)
     await temp.mkdir(parents=True)
@@ -173,6 +182,77 @@ async def test_stale_temporary_files_are_leftovers(tmp_path: Path) -> None:
     assert await backend.acleanup_leftovers(older_than=cutoff, dry_run=False) == 1
     assert not await (temp / "old.part").exists()
     assert await (temp / "new.part").exists()
+
+
+@pytest.mark.parametrize(
+    "location",
+    [".granite-tmp/x", "docs/.granite-tmp", "docs/.granite-tmp.0123.a.part", "d/.granite-tmpx/y"],
+)
+async def test_locations_the_temporary_files_use_are_refused(tmp_path: Path, location: str) -> None:
+    backend = LocalStorageBackend(tmp_path, fsync=False)
+    ref = StoredObjectRef(
+        storage_key="docs", backend="local", location=location, size=1, checksum="sha256:0"
+    )
+    with pytest.raises(InvalidLocationError, match="keeps for uploads in progress"):
+        await backend.aput_stream(key=location, chunks=aiter_chunks(b"x"))
+    for call in (backend.aget, backend.adelete, backend.aexists):
+        with pytest.raises(InvalidLocationError, match="choose another name"):
+            await call(ref)
+    deleted = await backend.adelete_many([location])
+    assert list(deleted.failed) == [location] and not deleted.deleted
+    assert await anyio.to_thread.run_sync(files_under, tmp_path) == []
+
+
+class BrokenSource(io.RawIOBase):
+    """A sync file that fails after 2 MiB, read on the one-thread path."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.sent >= 2 << 20:
+            raise ConnectionResetError("the client went away")
+        size = min(len(buffer), 1 << 20)
+        buffer[:size] = b"x" * size
+        self.sent += size
+        return size
+
+
+@pytest.mark.parametrize("kind", ["async-oversized", "sync-failing"])
+async def test_a_failed_upload_leaves_no_file_and_no_directory(tmp_path: Path, kind: str) -> None:
+    manager = manager_for(
+        LocalStorageBackend(tmp_path, fsync=False), "docs", max_size=5 << 20, chunk_size=1 << 20
+    )
+    kept = await put_stream(manager, b"kept")  # its directories stay
+
+    async def oversized() -> AsyncIterator[bytes]:
+        for _ in range(8):
+            yield b"x" * (1 << 20)
+
+    with pytest.raises(ContentTooLargeError if kind == "async-oversized" else ConnectionResetError):
+        await manager.aput_stream(
+            storage_key="docs", model_name="m", entity_id="new", field_name="f",
+            stream=oversized() if kind == "async-oversized" else BrokenSource(),
+        )  # fmt: skip
+    assert await anyio.to_thread.run_sync(files_under, tmp_path) == [kept.location]
+    dirs = await anyio.to_thread.run_sync(lambda: [p for p in tmp_path.rglob("*") if p.is_dir()])
+    assert sorted(str(d.relative_to(tmp_path)) for d in dirs) == [
+        "docs", "docs/m", "docs/m/1", "docs/m/1/f"
+    ]  # fmt: skip
+
+
+async def test_a_name_too_long_to_record_in_the_temporary_name_still_uploads(
+    tmp_path: Path,
+) -> None:
+    backend = LocalStorageBackend(tmp_path, fsync=False)
+    location = "docs/" + "n" * 250  # fits a file name, not with the temporary name's parts
+    result = await backend.aput_stream(key=location, chunks=aiter_chunks(b"abc" * 100_000))
+    assert result.size == 300_000
+    assert [loc async for loc in backend.aiter_locations()] == [location]
+    assert await anyio.to_thread.run_sync(temp_files, tmp_path) == []
 
 
 async def test_256_mib_upload_keeps_memory_bounded(tmp_path: Path) -> None:
@@ -212,7 +292,7 @@ async def test_writes_cannot_follow_a_symlinked_directory(
     with pytest.raises(InvalidLocationError, match="symlink"):
         await put_stream(manager, chunks() if in_chunks else data)
     assert await anyio.to_thread.run_sync(files_under, outside) == []
-    assert await anyio.to_thread.run_sync(files_under, root / TEMP_DIR_NAME) == []
+    assert await anyio.to_thread.run_sync(temp_files, root) == []
 
 
 async def test_delete_many_in_batches_reports_unsafe_locations(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import anyio
 
-from granite_storage.backends.local import TEMP_DIR_NAME, LocalStorageBackend
+from granite_storage.backends.local import LocalStorageBackend
 from granite_storage.contracts import StorageBackend
 from granite_storage.testing import manager_for
 
@@ -43,34 +43,39 @@ def make_backend(config: dict[str, Any]) -> StorageBackend:
     )
 
 
-async def _written(temp_dir: str | None) -> None:
-    """Wait (up to 10 s) until the upload's temporary file under ``temp_dir``
-    has bytes: the local backend's writer thread writes what the source
-    yields a little later, so "handed over" is not yet "on disk"."""
-    if temp_dir is None:
+async def _written(root: str | None, location: str) -> None:
+    """Wait (up to 10 s) until the upload's temporary file, next to its
+    target under ``root``, has bytes: the local backend's writer thread
+    writes what the source yields a little later, so "handed over" is not
+    yet "on disk"."""
+    if root is None:
         return
+    directory = os.path.join(root, os.path.dirname(location))
     with anyio.move_on_after(10):
         while True:
-            entries = await anyio.to_thread.run_sync(_entries, temp_dir)
+            entries = await anyio.to_thread.run_sync(_entries, directory)
             if any(entry.stat().st_size for entry in entries):
                 return
             await anyio.sleep(0.01)  # polling a directory another thread writes to
 
 
 def _entries(directory: str) -> list[os.DirEntry[str]]:
-    with os.scandir(directory) as entries:
-        return list(entries)
+    try:
+        with os.scandir(directory) as entries:
+            return list(entries)
+    except FileNotFoundError:  # not made yet
+        return []
 
 
 async def _chunks(
-    size: int, report_at: int, location: list[str], temp_dir: str | None
+    size: int, report_at: int, location: list[str], root: str | None
 ) -> AsyncIterator[bytes]:
     block = bytes(range(256)) * (_CHUNK // 256)
     sent = 0
     while sent < size:
         if sent >= report_at:
             if location:
-                await _written(temp_dir)
+                await _written(root, location[-1])
                 print("MIDWAY", location.pop(), flush=True)
             await anyio.sleep(_SLOW_DOWN)
         chunk = block[: min(_CHUNK, size - sent)]
@@ -91,15 +96,13 @@ async def main(config: dict[str, Any]) -> None:
             return await put(key=key, chunks=chunks, **kwargs)
 
         backend.aput_stream = aput_stream  # type: ignore[method-assign]
-        temp_dir = (
-            os.path.join(config["root"], TEMP_DIR_NAME) if config["backend"] == "local" else None
-        )
+        root = config["root"] if config["backend"] == "local" else None
         await manager.aput_stream(
             storage_key="docs",
             model_name="crash",
             entity_id=1,
             field_name="file",
-            stream=_chunks(config["size"], config["report_at"], location, temp_dir),
+            stream=_chunks(config["size"], config["report_at"], location, root),
         )
     print("DONE", flush=True)
 

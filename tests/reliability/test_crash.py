@@ -39,7 +39,7 @@ import anyio.to_thread
 import pytest
 
 from granite_storage import StorageManager, StoredObjectRef
-from granite_storage.backends.local import TEMP_DIR_NAME, LocalStorageBackend
+from granite_storage.backends.local import TEMP_PREFIX, LocalStorageBackend
 from granite_storage.contracts import StorageBackend
 from granite_storage.gc import StorageGarbageCollector
 from granite_storage.testing import manager_for
@@ -127,9 +127,10 @@ async def test_local_upload_killed_midway(
     assert not await manager.aexists(ref_at(location))
     assert [info async for info in backend.aiter_objects()] == []
     files = await anyio.to_thread.run_sync(lambda: sorted(files_under(root)))
-    temp_dir = root / TEMP_DIR_NAME
-    assert [path.parent for path in files] == [temp_dir]  # the one leftover, nothing else
+    # The one leftover, next to its target, nothing else.
     (temp,) = files
+    assert temp.parent == root / location.rpartition("/")[0]
+    assert temp.name.startswith(TEMP_PREFIX + ".")
     assert 0 < (await anyio.Path(temp).stat()).st_size < SIZE
 
     gc = StorageGarbageCollector(manager, no_references)  # the default minimum age
@@ -145,6 +146,7 @@ async def test_local_upload_killed_midway(
     leftovers = await anyio.to_thread.run_sync(lambda: sorted(files_under(root)))
     figures.leftovers = len(leftovers)
     assert leftovers == []
+    assert await anyio.to_thread.run_sync(os.listdir, root) == []  # its directories pruned
 
 
 @pytest.mark.s3

@@ -40,7 +40,7 @@ import pytest
 
 from granite_storage import StorageManager, StoredObjectRef
 from granite_storage.backends import local as local_module
-from granite_storage.backends.local import TEMP_DIR_NAME, LocalStorageBackend
+from granite_storage.backends.local import LocalStorageBackend
 from granite_storage.errors import BackendError
 from granite_storage.testing import manager_for
 from tests.reliability.conftest import Figures
@@ -264,8 +264,7 @@ def shared_dir() -> Iterator[Path]:
 
 
 def prepare_storage(root: Path, *, key_prefix: str = "docs") -> None:
-    (root / TEMP_DIR_NAME).mkdir(parents=True)
-    (root / key_prefix).mkdir()
+    (root / key_prefix).mkdir(parents=True)
 
 
 def test_real_permission_errors_are_clear_and_leave_nothing(
@@ -274,7 +273,9 @@ def test_real_permission_errors_are_clear_and_leave_nothing(
     roots = {name: shared_dir / name for name in ("temp", "target", "read", "delete")}
     for root in roots.values():
         prepare_storage(root)
-    (roots["temp"] / TEMP_DIR_NAME).chmod(0o555)  # no temporary file can be made
+    # The target's directory exists and is read-only: no temporary file can be made in it.
+    (roots["temp"] / "docs/m/1/f").mkdir(parents=True)
+    (roots["temp"] / "docs/m/1/f").chmod(0o555)
     (roots["target"] / "docs").chmod(0o555)  # docs/m/1/f/ cannot be made
     location = "docs/m/1/f/object.bin"
     for name in ("read", "delete"):

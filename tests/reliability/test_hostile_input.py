@@ -45,12 +45,13 @@ from granite_storage import (
     StoragePolicy,
     StoredObjectRef,
 )
-from granite_storage.backends.local import TEMP_DIR_NAME, LocalStorageBackend
+from granite_storage.backends.local import LocalStorageBackend
 from granite_storage.backends.memory import MemoryStorageBackend
 from granite_storage.contracts import StorageBackend
 from granite_storage.locations import MAX_LOCATION_LENGTH, validate_location
 from granite_storage.testing import manager_for
 from tests.backends.conftest import open_s3_backend
+from tests.local_temp import temp_files
 from tests.reliability.conftest import Figures
 from tests.reliability.hostile import EXISTING, Upload, ref_dicts, source_of, uploads
 from tests.reliability.scale import SCALE
@@ -117,7 +118,7 @@ class Store:
         root = self.root
         if root is None:
             return []
-        return await anyio.to_thread.run_sync(lambda: os.listdir(root / TEMP_DIR_NAME))
+        return [str(path) for path in await anyio.to_thread.run_sync(temp_files, root)]
 
 
 def new_store(kind: str, tmp_path: Path) -> Store:

@@ -27,7 +27,6 @@ flight, which on real S3 it would not. The final collection cleans leftovers.
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import socket
@@ -49,9 +48,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from examples.fastapi_app import Document
 from granite_storage import StorageError, StorageManager, StoredObjectRef
-from granite_storage.backends.local import TEMP_DIR_NAME
 from granite_storage.gc import GarbageCollectionReport, StorageGarbageCollector
 from granite_storage.integrations.sqlalchemy import iter_model_storage_refs
+from tests.local_temp import temp_files
 from tests.reliability.conftest import Figures
 from tests.reliability.s3_support import moto_client, pending_uploads
 from tests.reliability.scale import SCALE, SEED
@@ -282,7 +281,7 @@ async def test_soak_local_disk_and_postgres(
     }
 
     async def temporary_files() -> list[str]:
-        return await anyio.to_thread.run_sync(lambda: os.listdir(root / TEMP_DIR_NAME))
+        return [str(path) for path in await anyio.to_thread.run_sync(temp_files, root)]
 
     await soak(config, pg_engine, tmp_path / "server.log", figures, temporary_files)
 
