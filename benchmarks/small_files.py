@@ -1,9 +1,12 @@
 """Many small uploads at once: files per second at a fixed concurrency.
 
-All three implementations write the same layout granite_storage uses
+granite_storage and the raw baselines write the contract's layout
 (``bench/document/{i}/file/{uuid}.bin``, one entity per upload), so each
-upload creates its directories, a temporary file next to its target and a
-rename within that directory.
+upload creates two directories, a temporary file next to its target and a
+rename within that directory. granite-storage 0.1.0 writes its own layout,
+every file in place into one directory (``bench/document/{i}-{8 hex}.bin``);
+a raw baseline with those operations shows what the layout and atomic
+writes cost on the machine.
 """
 
 from __future__ import annotations
@@ -106,16 +109,34 @@ async def legacy_small(
         raise RuntimeError(f"expected {count} stored files, found {found}")
 
 
-def _raw_put(root: str, payload: bytes, fsync: bool) -> Callable[[int], str]:
-    """One upload's file operations, as the local backend does them: hash,
-    directories, a temporary file next to the target, write, (fsync), rename
-    within the directory, (fsync dir)."""
+def _raw_put(
+    root: str, payload: bytes, fsync: bool, writes: str = "atomic"
+) -> Callable[[int], str]:
+    """One upload's file operations, as the local backend does them
+    (``writes="atomic"``): hash, directories, a temporary file next to the
+    target, write, (fsync), rename within the directory, (fsync dir).
+
+    ``"in-place"``: the same directories, the file written in place (no
+    temporary file, no rename). ``"0.1.0"``: 0.1.0's operations and layout,
+    every file written in place into one directory
+    (``bench/document/{i}-{8 hex}.bin``: no directory made per upload).
+    """
 
     def put(index: int) -> str:
         checksum = hashlib.sha256(payload).hexdigest()
+        if writes == "0.1.0":
+            parent = os.path.join(root, "bench", "document")
+            os.makedirs(parent, exist_ok=True)
+            with open(os.path.join(parent, f"{index}-{uuid.uuid4().hex[:8]}.bin"), "xb") as file:
+                file.write(payload)
+            return checksum
         parent = os.path.join(root, "bench", "document", str(index), "file")
         os.makedirs(parent, exist_ok=True)
         name = f"{uuid.uuid4().hex}.bin"
+        if writes == "in-place":
+            with open(os.path.join(parent, name), "xb", buffering=0) as file:
+                file.write(payload)
+            return checksum
         temp = os.path.join(parent, f".tmp.{uuid.uuid4().hex}.{name}.part")
         with open(temp, "xb", buffering=0) as file:
             file.write(payload)
@@ -134,13 +155,15 @@ def _raw_put(root: str, payload: bytes, fsync: bool) -> Callable[[int], str]:
 
 
 async def raw_async_small(
-    timer: Timer, *, root: str, count: int, size: int, concurrency: int, fsync: bool
-) -> dict[str, float]:
+    timer: Timer, *, root: str, count: int, size: int, concurrency: int, fsync: bool,
+    writes: str = "atomic",
+) -> dict[str, float]:  # fmt: skip
     """The same file operations driven from the event loop, one anyio worker-thread
-    call per upload from ``concurrency`` tasks: the floor of any async library."""
+    call per upload from ``concurrency`` tasks: the floor of any async library.
+    ``writes``: see :func:`_raw_put`."""
     import anyio.to_thread
 
-    put = _raw_put(root, random_block(size), fsync)
+    put = _raw_put(root, random_block(size), fsync, writes)
     await anyio.to_thread.run_sync(put, -1)  # warm-up (the reset deletes it)
 
     async def upload(index: int) -> None:
@@ -184,6 +207,11 @@ def run(ctx: Context) -> list[Row]:
         if not fsync:
             jobs["0.1.0"] = Job(f"{mod}:legacy_small", kwargs, legacy=True)
             jobs["png"] = Job(f"{mod}:granite_small", {**kwargs, "png": True})
+            # What atomic writes and the contract's layout (a directory per
+            # entity and field) cost: the same loop-driven raw operations
+            # without the rename, and with 0.1.0's flat layout too.
+            jobs["raw-inplace"] = Job(f"{mod}:raw_async_small", {**kwargs, "writes": "in-place"})
+            jobs["raw-0.1.0"] = Job(f"{mod}:raw_async_small", {**kwargs, "writes": "0.1.0"})
         out = ctx.compare(jobs, before_each=empty_dir(root))
         rate = per_second(n)
         cpu_per_file = extra("cpu_seconds", 1e6 / n)
@@ -198,13 +226,18 @@ def run(ctx: Context) -> list[Row]:
         variants = [("granite", "policy defaults"), ("no-detect", "detect_content_type=False")]
         if "png" in out:
             variants.append(("png", "policy defaults, PNG payloads"))
+        inplace_label = f"raw async, written in place (no rename), from {conc} tasks"
+        flat_label = f"raw async, 0.1.0's writes and flat layout, from {conc} tasks"
         for key, variant in variants:
             name = f"{scenario} (fsync={fsync}, {variant})"
+            rates = [out["raw"].figure(raw_label, rate, short="raw"),
+                     out["raw-async"].figure(async_label, rate, short="raw async")]  # fmt: skip
+            if "raw-inplace" in out:
+                rates.append(out["raw-inplace"].figure(inplace_label, rate, short="raw in place"))
+                rates.append(out["raw-0.1.0"].figure(flat_label, rate, short="raw 0.1.0 ops"))
             rows += [
                 Row(name, "files per second", "files/s", True,
-                    out[key].figure("granite_storage", rate),
-                    [out["raw"].figure(raw_label, rate, short="raw"),
-                     out["raw-async"].figure(async_label, rate, short="raw async")],
+                    out[key].figure("granite_storage", rate), rates,
                     ctx.legacy_figure(old, rate) if old else None, targets,
                     note=("0.1.0 put_bytes via anyio.to_thread.run_sync (it never fsyncs)"
                           if not fsync else
