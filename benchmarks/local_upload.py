@@ -72,7 +72,9 @@ def baseline_stream(
     return {"cpu_seconds": cpu}
 
 
-def legacy_stream(timer: Timer, *, source: str, root: str, fsync: bool, expected: str) -> None:
+def legacy_stream(
+    timer: Timer, *, source: str, root: str, fsync: bool, expected: str, **_: Any
+) -> None:
     manager = legacy_local_manager(root)
     manager.put_bytes(**_PUT, entity_id="warm-up", content=b"warm-up")
     with open(source, "rb") as file, timer:
