@@ -31,7 +31,8 @@ With the object ledger, the factory yields ``(manager, collector)`` instead:
 a ``LedgerGarbageCollector`` built as the application builds it. ``gc`` then
 runs its listing-free collection, and ``gc --audit`` its listing audit
 (``aaudit``); ``--min-age`` and ``--max-deletions`` override the collector's
-own for the run. A ready collector prints no progress lines.
+own for the run. A ready collector without a ``progress`` callback of its
+own gets the command's progress lines.
 
 Durations (``--min-age``) are an integer with a unit, ``30s``, ``15m``,
 ``2h``, ``1d``, ``1w``, or several of them (``1h30m``), or a bare number of
@@ -395,7 +396,11 @@ def _collector(args: argparse.Namespace, value: object) -> BaseCollector:
                 f"{args.factory} yielded a collector of another manager than the one it "
                 "yielded with it; yield (manager, collector) built on that manager"
             )
-        return value[1]
+        collector = value[1]
+        if collector.progress is None and not args.quiet:  # the command's progress lines
+            collector.progress = _ProgressPrinter(sys.stderr, args.progress_interval)
+            collector.progress_every = 1000
+        return collector
     manager, iter_references = _unpack(args.factory, value)
     return StorageGarbageCollector(
         manager,

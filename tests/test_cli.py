@@ -286,11 +286,15 @@ async def test_a_ledger_collection_reads_the_ledger_and_lists_nothing(site: Site
     # The orphans were written without the ledger: it has no row for them, so its
     # listing-free collection has no candidate and deletes nothing.
     code, out, err = await run_cli(
-        site, LEDGER_FACTORY, "--storage-key", "documents", "--delete", "--min-age", "1h", "--json"
-    )
+        site, LEDGER_FACTORY, "--storage-key", "documents", "--delete", "--min-age", "1h",
+        "--json", "--progress-interval", "0",
+    )  # fmt: skip
     assert code == 0, err
     report = json.loads(out)
     assert (report["scanned"], report["deleted"], report["dry_run"]) == (0, 0, False)
+    # The ready collector had no progress callback: the command's lines are printed.
+    assert "gc documents: sweep: 0 refs read, 0 scanned" in err
+    assert "gc documents: done:" in err
     assert await site.aexisting() == {
         ref.location for ref in [*site.referenced, *site.old_orphans, site.young_orphan] if ref
     }
@@ -302,9 +306,11 @@ async def test_the_ledger_audit_deletes_old_orphans_it_never_knew(site: Site) ->
     assert (json.loads(dry[1])["eligible"], json.loads(dry[1])["deleted"]) == (2, 0)
     code, out, err = await run_cli(
         site, LEDGER_FACTORY, "--storage-key", "documents", "--audit", "--delete",
-        "--min-age", "1h", "--json",
+        "--min-age", "1h", "--json", "--progress-interval", "0",
     )  # fmt: skip
     assert code == 0, err
+    assert "gc documents: references:" in err
+    assert "gc documents: done: 2 refs read, 5 scanned, 3 orphans, 2 deleted" in err
     report = json.loads(out)
     assert (report["scanned"], report["referenced"], report["deleted"]) == (5, 2, 2)
     assert site.young_orphan is not None

@@ -35,6 +35,11 @@ class BaseCollector(ABC):
     #: Whether :meth:`acollect` lists the backend: then another policy whose
     #: objects can lie under the collected prefix makes the run unsafe.
     _lists_backend: ClassVar[bool] = True
+    #: Called with a :class:`GarbageCollectionProgress` as a run goes on
+    #: (see the collector's ``progress`` parameter); ``None``: not called.
+    progress: ProgressCallback | None = None
+    #: A progress call at least every this many references or objects.
+    progress_every: int = 10_000
 
     def __init__(
         self,
@@ -262,7 +267,6 @@ class StorageGarbageCollector(BaseCollector):
         for name, value in (
             ("delete_concurrency", delete_concurrency),
             ("listing_buffer", listing_buffer),
-            ("progress_every", progress_every),
         ):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
@@ -270,7 +274,7 @@ class StorageGarbageCollector(BaseCollector):
         self.delete_concurrency = delete_concurrency
         self.listing_buffer = listing_buffer
         self.progress = progress
-        self.progress_every = progress_every
+        self.progress_every = check_progress_every(progress_every)
 
     async def _arun(self, plan: Plan) -> GarbageCollectionReport:
         options = RunOptions(
@@ -283,6 +287,16 @@ class StorageGarbageCollector(BaseCollector):
             progress_every=self.progress_every,
         )
         return await CollectionRun(options, plan).arun()
+
+
+def check_progress_every(value: int) -> int:
+    """``value``, if at least 1.
+
+    :raises ValueError: otherwise.
+    """
+    if value < 1:
+        raise ValueError(f"progress_every must be at least 1, got {value}")
+    return value
 
 
 def check_separable(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -12,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from granite_storage.backends.memory import MemoryStorageBackend
 from granite_storage.errors import BackendError, ConfigurationError
+from granite_storage.gc import GarbageCollectionProgress
 from granite_storage.integrations.sqlalchemy import drain_pending_deletions, ref_rewriter
 from granite_storage.migrate import amigrate
 from granite_storage.testing import memory_manager
@@ -55,6 +57,32 @@ async def test_a_crash_orphan_is_deleted_without_listing(lenv: LedgerEnv) -> Non
     calls = _counting(lenv).calls
     assert calls["list"] == 1  # alocations() above; the collection listed nothing
     assert _counting(lenv).deleted == [orphan.location]
+
+
+async def test_progress_is_reported_by_the_ledger_collection_and_the_audit(
+    lenv: LedgerEnv,
+) -> None:
+    for _ in range(3):
+        await lenv.aorphan_intent()
+    lenv.clock.advance(OLD)
+    seen: list[GarbageCollectionProgress] = []
+    collector = lenv.collector(progress=seen.append, batch_size=1, cleanup_leftovers=True)
+    report = await collector.acollect(storage_key="docs", dry_run=False)
+    assert report.deleted == 3
+    # A phase change, and a call after each batch won: 3 of one, then the empty one.
+    assert [p.phase for p in seen] == ["sweep", *["sweep"] * 4, "leftovers", "done"]
+    assert [p.deleted for p in seen] == [0, 1, 2, 3, 3, 3, 3]
+    assert {(p.storage_key, p.scanned, p.references_read) for p in seen} == {("docs", 3, 0)}
+    assert all(a.elapsed <= b.elapsed for a, b in itertools.pairwise(seen))
+
+    seen.clear()
+    await lenv.acommitted_doc()
+    await collector.aaudit(storage_key="docs")  # the listing run reports like the plain one
+    assert (seen[0].phase, seen[-1].phase) == ("references", "done")
+    assert (seen[-1].references_read, seen[-1].scanned) == (1, 1)
+
+    with pytest.raises(ValueError, match="progress_every must be at least 1"):
+        lenv.collector(progress_every=0)
 
 
 async def test_young_candidates_are_kept(lenv: LedgerEnv) -> None:

@@ -19,10 +19,16 @@ from granite_storage.gc import (
     GarbageCollectionReport,
     ReferenceSource,
 )
-from granite_storage.gc._collector import BaseCollector, check_separable
+from granite_storage.gc._collector import BaseCollector, check_progress_every, check_separable
 from granite_storage.gc._deletions import DeleteBatch, adelete_counted, stop_at_cap
-from granite_storage.gc._report import ORPHAN_SAMPLE_SIZE
-from granite_storage.gc._run import CollectionRun, Plan, RunOptions, acleanup_leftovers
+from granite_storage.gc._report import ORPHAN_SAMPLE_SIZE, GarbageCollectionProgress, Phase
+from granite_storage.gc._run import (
+    CollectionRun,
+    Plan,
+    ProgressCallback,
+    RunOptions,
+    acleanup_leftovers,
+)
 from granite_storage.integrations.sqlalchemy._db import arun_on_connection
 from granite_storage.integrations.sqlalchemy._ledger import ObjectLedger
 from granite_storage.integrations.sqlalchemy._ledger_moves import sort_sources
@@ -109,9 +115,13 @@ class LedgerGarbageCollector(BaseCollector):
         is never removed.
     :param leftover_min_age: how long an incomplete upload must be idle before
         it is removed (default 24 h).
+    :param progress: called with a ``GarbageCollectionProgress`` at each phase
+        change, after each batch won in the ledger, and, in a listing run
+        (:meth:`aaudit`, the last step of a move), every ``progress_every``
+        references or objects; it runs on the event loop and must return quickly.
     :param clock: returns the current time, timezone-aware.
     :raises ValueError: for a negative ``min_age`` or ``max_deletions``, or a
-        ``batch_size`` below 1.
+        ``batch_size`` or ``progress_every`` below 1.
     :raises ConfigurationError: if ``reference_metadata`` has no ref column.
     """
 
@@ -131,10 +141,14 @@ class LedgerGarbageCollector(BaseCollector):
         cleanup_leftovers: bool = False,
         clock: Callable[[], datetime] | None = None,
         leftover_min_age: timedelta = DEFAULT_LEFTOVER_MIN_AGE,
+        progress: ProgressCallback | None = None,
+        progress_every: int = 10_000,
     ) -> None:
         super().__init__(
             manager, min_age, max_deletions, batch_size, cleanup_leftovers, clock, leftover_min_age
         )
+        self.progress = progress
+        self.progress_every = check_progress_every(progress_every)
         if not stored_ref_columns(reference_metadata):
             raise ConfigurationError(
                 "reference_metadata has no StoredObjectRefType column, so the collector could "
@@ -154,11 +168,13 @@ class LedgerGarbageCollector(BaseCollector):
             return await self._adelete_sources(plan)
         report, cap = plan.new_report(), plan.max_deletions
         started = time.monotonic()
+        notify = functools.partial(self._notify, report, started)
         table, wanted = self.ledger.table, _candidates(plan)
         old, young = await arun_on_connection(
             self.bind, lambda c: count_candidates(c, table, wanted)
         )
         report.scanned, report.skipped_too_young = old + young, young
+        notify("sweep")
         if plan.dry_run:
             report.eligible = old if cap is None else min(old, cap)
             if cap is not None and old > cap:
@@ -167,15 +183,29 @@ class LedgerGarbageCollector(BaseCollector):
                 self.bind, lambda c: sample_candidates(c, table, wanted, ORPHAN_SAMPLE_SIZE)
             )
         else:
-            await self._asweep(report, plan, candidates=old)
+            await self._asweep(report, plan, candidates=old, notify=notify)
         report.orphaned = report.skipped_too_young + report.eligible
         if self.cleanup_leftovers:
+            notify("leftovers")
             in_use = functools.partial(self._aintents, plan.leftover_cutoff)
             await acleanup_leftovers(
                 report, plan.backend, plan.policy, plan.leftover_cutoff, in_use
             )
         report.duration = time.monotonic() - started
+        notify("done")
         return report
+
+    def _notify(self, report: GarbageCollectionReport, started: float, phase: Phase) -> None:
+        """Tell :attr:`progress` where a listing-free run is (no references are read)."""
+        if self.progress is not None:
+            self.progress(
+                GarbageCollectionProgress(
+                    storage_key=report.storage_key, phase=phase, references_read=0,
+                    scanned=report.scanned, orphaned=report.orphaned or report.scanned,
+                    deleted=report.deleted, failed=report.failed,
+                    elapsed=time.monotonic() - started,
+                )
+            )  # fmt: skip
 
     async def _aintents(self, reserved_cutoff: datetime, locations: list[str]) -> list[str]:
         """Which of ``locations`` the ledger holds an intent or a live
@@ -186,7 +216,12 @@ class LedgerGarbageCollector(BaseCollector):
         )
 
     async def _asweep(
-        self, report: GarbageCollectionReport, plan: Plan, *, candidates: int
+        self,
+        report: GarbageCollectionReport,
+        plan: Plan,
+        *,
+        candidates: int,
+        notify: Callable[[Phase], None],
     ) -> None:
         """Win, check and delete batches until no candidate is left to win."""
         table, metadata, cap = self.ledger.table, self.reference_metadata, plan.max_deletions
@@ -215,6 +250,7 @@ class LedgerGarbageCollector(BaseCollector):
             won_total += taken
             report.referenced += len(won.referenced)
             await self._adelete(report, plan, won.deleting)
+            notify("sweep")
             if taken < limit:
                 break  # fewer than asked for: nothing else is free to win
         report.skipped_in_use = max(0, candidates - won_total) + report.referenced
@@ -320,6 +356,8 @@ class LedgerGarbageCollector(BaseCollector):
             delete_concurrency=1,
             delete_batch=delete_batch,
             in_use=functools.partial(self._aintents, plan.leftover_cutoff),
+            progress=self.progress,
+            progress_every=self.progress_every,
         )
         return await CollectionRun(options, plan).arun()
 
