@@ -13,6 +13,7 @@ import tracemalloc
 import warnings
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +225,25 @@ def test_the_portal_starts_on_first_use_and_stops_with_the_manager(tmp_path: Pat
     del manager
     gc.collect()  # the safety net closes what nobody closed
     assert len(_portal_threads()) == before
+
+
+async def test_a_manager_collected_inside_an_event_loop_does_not_block_it(
+    tmp_path: Path,
+) -> None:
+    # The safety net ran on whatever thread the garbage collector did: on one
+    # running an event loop it waited there for the portal (blockbuster failed
+    # an unrelated test's setup with "Blocking call to lock.acquire").
+    before = len(_portal_threads())
+    manager = StorageManager(
+        {"local": LocalStorageBackend(tmp_path)}, {"docs": StoragePolicy("docs", "local")}
+    )
+    await anyio.to_thread.run_sync(partial(manager.put_bytes, **PUT, entity_id=1, content=b"x"))
+    assert len(_portal_threads()) == before + 1
+    del manager
+    gc.collect()  # on the loop's thread, with blockbuster watching it
+    with anyio.fail_after(10):
+        while len(_portal_threads()) > before:  # noqa: ASYNC110 - closed by another thread
+            await anyio.sleep(0.01)
 
 
 def test_an_unclosed_manager_does_not_hold_up_interpreter_exit(tmp_path: Path) -> None:

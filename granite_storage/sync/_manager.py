@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import threading
 import weakref
 from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import Future
@@ -215,6 +217,29 @@ class StorageManager:
 
 def _shut_down(portal: Portal, manager: core.StorageManager) -> None:
     """The safety net: close a manager nobody closed (garbage collected, or at exit)."""
+    if _runs_a_loop():
+        # Collected on a thread that runs an event loop (an async app's, or
+        # the portal's own): waiting there for the portal would stall that
+        # loop, so another thread closes it.
+        threading.Thread(
+            target=_close_quietly,
+            args=(portal, manager),
+            name="granite-storage-sync-close",
+            daemon=True,
+        ).start()
+    else:
+        _close_quietly(portal, manager)
+
+
+def _close_quietly(portal: Portal, manager: core.StorageManager) -> None:
     # Collected on the portal's own thread, it cannot join itself: left to exit.
     with contextlib.suppress(RuntimeError):
         portal.close(manager.aclose)
+
+
+def _runs_a_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
