@@ -91,7 +91,7 @@ def scan(root: str, prefix: str | None) -> Iterator[list[ObjectInfo]]:
     start = os.path.join(root, prefix) if prefix else root
     cut = len(os.path.join(root, ""))  # every path below starts with it ("/" too)
     batch: list[ObjectInfo] = []
-    for entry in _walk(start):
+    for _, entry in _walk(start):
         if entry.is_file(follow_symlinks=False):
             st = entry.stat(follow_symlinks=False)
             location = entry.path[cut:].replace(os.sep, "/")
@@ -104,10 +104,12 @@ def scan(root: str, prefix: str | None) -> Iterator[list[ObjectInfo]]:
         yield batch
 
 
-def _walk(start: str) -> Iterator[os.DirEntry[str]]:
-    """The entries below ``start`` but directories, and but every name starting
-    with :data:`TEMP_PREFIX` (uploads in progress, the shared temporary
-    directory of earlier versions); symlinks are not followed."""
+def _walk(start: str, *, temporary: bool = False) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """``(directory, entry)`` of every non-directory entry below ``start``
+    but the temporary ones, or with ``temporary`` of the temporary ones only
+    (no ``stat`` of the others). Directories whose name starts with
+    :data:`TEMP_PREFIX` (the shared temporary directory of earlier versions)
+    are not entered; symlinks are not followed."""
     stack = [start]
     while stack:
         directory = stack.pop()
@@ -118,11 +120,12 @@ def _walk(start: str) -> Iterator[os.DirEntry[str]]:
         with entries:
             for entry in entries:
                 if entry.name.startswith(TEMP_PREFIX):
-                    continue
-                if entry.is_dir(follow_symlinks=False):
+                    if temporary and entry.name.startswith(TEMP_PREFIX + "."):
+                        yield directory, entry
+                elif entry.is_dir(follow_symlinks=False):
                     stack.append(entry.path)
-                else:
-                    yield entry
+                elif not temporary:
+                    yield directory, entry
 
 
 def temp_name(name: str) -> str:
@@ -157,21 +160,10 @@ def find_leftovers(
     cut = len(os.path.join(root, ""))
     start = os.path.join(root, prefix) if prefix else root
     found = []
-    stack = [start]
-    while stack:
-        directory = stack.pop()
-        try:
-            entries = os.scandir(directory)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        with entries:
-            for entry in entries:
-                if entry.name.startswith(TEMP_PREFIX + "."):
-                    if _idle_file(entry, cutoff):
-                        where = directory[cut:].replace(os.sep, "/")
-                        found.append((entry.path, temp_target(where, entry.name)))
-                elif not entry.name.startswith(TEMP_PREFIX) and entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
+    for directory, entry in _walk(start, temporary=True):
+        if _idle_file(entry, cutoff):
+            where = directory[cut:].replace(os.sep, "/")
+            found.append((entry.path, temp_target(where, entry.name)))
     legacy = os.path.join(root, TEMP_DIR_NAME)
     with suppress(FileNotFoundError, NotADirectoryError):
         found.extend(_find_legacy_temp_files(legacy, prefix, cutoff))
