@@ -130,8 +130,15 @@ def run(ctx: Context) -> list[Row]:
             out["granite"].figure("granite_storage", seconds),
             [out["raw"].figure(raw_label, seconds, short="raw")],
             ctx.legacy_figure(out["0.1.0"], seconds),
-            [Target(">= 5x 0.1.0", 5.0, against="granite-storage 0.1.0")],
-            note=f"dry_run=False, min_age=0: {n - r:,} orphans deleted per run",
+            [
+                Target(">= 5x 0.1.0", 5.0, against="granite-storage 0.1.0"),
+                Target(">= 0.5x raw: at most twice its time (issue 15)", 0.5, against=raw_label),
+            ],
+            note=(
+                f"dry_run=False, min_age=0: {n - r:,} orphans deleted per run; the raw "
+                "loop is the floor: 5x 0.1.0 is met only if the raw loop itself is over "
+                "5x 0.1.0 (compare their columns)"
+            ),
         ),
         Row(
             scenario,
