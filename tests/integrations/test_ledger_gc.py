@@ -81,6 +81,13 @@ async def test_progress_is_reported_by_the_ledger_collection_and_the_audit(
     assert (seen[0].phase, seen[-1].phase) == ("references", "done")
     assert (seen[-1].references_read, seen[-1].scanned) == (1, 1)
 
+    seen.clear()
+    await lenv.aorphan_intent()
+    lenv.clock.advance(OLD)
+    capped = lenv.collector(progress=seen.append, max_deletions=0)
+    assert (await capped.acollect(storage_key="docs")).orphaned == 0  # a dry run capped at 0
+    assert [(p.phase, p.scanned, p.orphaned) for p in seen] == [("sweep", 1, 1), ("done", 1, 0)]
+
     with pytest.raises(ValueError, match="progress_every must be at least 1"):
         lenv.collector(progress_every=0)
 

@@ -196,12 +196,14 @@ class LedgerGarbageCollector(BaseCollector):
         return report
 
     def _notify(self, report: GarbageCollectionReport, started: float, phase: Phase) -> None:
-        """Tell :attr:`progress` where a listing-free run is (no references are read)."""
+        """Tell :attr:`progress` where a listing-free run is (no references are
+        read; until the sweep ends, every candidate counts as an orphan)."""
         if self.progress is not None:
+            swept = phase in ("leftovers", "done")
             self.progress(
                 GarbageCollectionProgress(
                     storage_key=report.storage_key, phase=phase, references_read=0,
-                    scanned=report.scanned, orphaned=report.orphaned or report.scanned,
+                    scanned=report.scanned, orphaned=report.orphaned if swept else report.scanned,
                     deleted=report.deleted, failed=report.failed,
                     elapsed=time.monotonic() - started,
                 )
