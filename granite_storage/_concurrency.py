@@ -9,6 +9,8 @@
 - :func:`run_fed`: the same for a job that consumes items the event loop
   produces (an async source copied by one writer thread), through a
   bounded queue: one hand-off per item.
+- :func:`runs_a_loop` and :func:`check_no_running_loop`: whether this thread
+  runs an event loop, which a blocking call must not stall.
 
 Long blocking jobs in a worker thread that stop when their caller is cancelled:
 
@@ -39,6 +41,8 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
+
+from granite_storage.errors import SyncInEventLoopError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -327,3 +331,27 @@ def _usable_cpus() -> int:
 copy_slots = CpuSlots(max(1, _usable_cpus() // 2))
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=copy_slots.reset)
+
+
+def runs_a_loop() -> bool:
+    """Whether this thread runs an event loop (blocking it would stall the loop)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def check_no_running_loop(sync_name: str, instead: str) -> None:
+    """Raise :class:`SyncInEventLoopError` if this thread runs an event loop.
+
+    :param sync_name: the blocking method called, e.g. ``"StorageManager.put_bytes"``.
+    :param instead: what to do instead, e.g. ``"await manager.aput_bytes(...)"``.
+    """
+    if not runs_a_loop():
+        return
+    raise SyncInEventLoopError(
+        f"{sync_name}() was called inside a running event loop, where it would block "
+        f"the loop; {instead} instead, or call it from a worker thread "
+        "(anyio.to_thread.run_sync)"
+    )

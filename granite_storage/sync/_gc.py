@@ -12,11 +12,11 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
 from granite_storage import gc
+from granite_storage._concurrency import check_no_running_loop
 from granite_storage.errors import ConfigurationError
 from granite_storage.integrations.sqlalchemy import refs
 from granite_storage.refs import StoredObjectRef
 from granite_storage.sync._manager import StorageManager
-from granite_storage.sync._portal import check_no_running_loop
 
 
 class StorageGarbageCollector(gc.StorageGarbageCollector):

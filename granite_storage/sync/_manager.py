@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import threading
 import weakref
@@ -13,11 +12,12 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from granite_storage import manager as core
+from granite_storage._concurrency import check_no_running_loop, runs_a_loop
 from granite_storage.contracts import StorageBackend
 from granite_storage.policy import StoragePolicy
 from granite_storage.refs import StoredObjectRef
 from granite_storage.streams import DEFAULT_CHUNK_SIZE, ByteSource
-from granite_storage.sync._portal import Portal, check_no_running_loop
+from granite_storage.sync._portal import Portal
 from granite_storage.sync._reader import PortalReader
 
 T = TypeVar("T")
@@ -217,7 +217,7 @@ class StorageManager:
 
 def _shut_down(portal: Portal, manager: core.StorageManager) -> None:
     """The safety net: close a manager nobody closed (garbage collected, or at exit)."""
-    if _runs_a_loop():
+    if runs_a_loop():
         # Collected on a thread that runs an event loop (an async app's, or
         # the portal's own): waiting there for the portal would stall that
         # loop, so another thread closes it.
@@ -232,14 +232,6 @@ def _shut_down(portal: Portal, manager: core.StorageManager) -> None:
 
 
 def _close_quietly(portal: Portal, manager: core.StorageManager) -> None:
-    # Collected on the portal's own thread, it cannot join itself: left to exit.
+    # anyio raises RuntimeError for a portal that already stopped: nothing to close.
     with contextlib.suppress(RuntimeError):
         portal.close(manager.aclose)
-
-
-def _runs_a_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True

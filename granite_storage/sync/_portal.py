@@ -2,9 +2,10 @@
 
 A :class:`Portal` starts ``anyio.from_thread.start_blocking_portal`` on first
 use and runs coroutines of the async core there, one at a time per call,
-while the calling thread blocks. It refuses to run from a thread that runs an
-event loop: blocking there would stall that loop (or deadlock it, if the
-coroutine needed it), so the caller is told which coroutine to await instead.
+while the calling thread blocks. The sync API refuses to block a thread that
+runs an event loop (``granite_storage._concurrency.check_no_running_loop``):
+blocking there would stall that loop (or deadlock it, if the coroutine needed
+it), so the caller is told which coroutine to await instead.
 """
 
 from __future__ import annotations
@@ -19,26 +20,9 @@ from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from granite_storage.errors import ConfigurationError, SyncInEventLoopError
+from granite_storage.errors import ConfigurationError
 
 T = TypeVar("T")
-
-
-def check_no_running_loop(sync_name: str, instead: str) -> None:
-    """Raise :class:`SyncInEventLoopError` if this thread runs an event loop.
-
-    :param sync_name: the blocking method called, e.g. ``"StorageManager.put_bytes"``.
-    :param instead: what to do instead, e.g. ``"await manager.aput_bytes(...)"``.
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    raise SyncInEventLoopError(
-        f"{sync_name}() was called inside a running event loop, where it would block "
-        f"the loop; {instead} instead, or call it from a worker thread "
-        "(anyio.to_thread.run_sync)"
-    )
 
 
 async def _running_loop() -> asyncio.AbstractEventLoop:

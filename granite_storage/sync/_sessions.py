@@ -5,8 +5,8 @@ from __future__ import annotations
 import anyio
 from sqlalchemy.orm import Session
 
+from granite_storage._concurrency import check_no_running_loop
 from granite_storage.integrations import sqlalchemy
-from granite_storage.sync._portal import check_no_running_loop
 
 
 def drain_pending_deletions(session: Session) -> None:

@@ -11,7 +11,6 @@ commit or rollback start on that manager's loop too (``_tracking``).
 
 from __future__ import annotations
 
-import asyncio
 import io
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
@@ -22,6 +21,7 @@ from typing import Any, Protocol, TypeVar, Unpack, runtime_checkable
 from sqlalchemy.ext.asyncio import async_object_session
 from sqlalchemy.orm import object_session
 
+from granite_storage._concurrency import check_no_running_loop
 from granite_storage.contracts import ObjectReader
 from granite_storage.errors import ConfigurationError, SyncInEventLoopError
 from granite_storage.integrations.sqlalchemy._content import (
@@ -172,16 +172,7 @@ def run_blocking(
     ``instance.<name>()``, the blocking twin of ``<async_name>``."""
     cls = type(instance)
     instead = f"`await obj.{async_name}(...)`"
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass  # no event loop in this thread: blocking is fine
-    else:
-        raise SyncInEventLoopError(
-            f"{cls.__name__}.{name}() was called inside a running event loop, where it would "
-            f"block the loop; {instead} instead, or call it from a worker thread "
-            "(anyio.to_thread.run_sync)"
-        )
+    check_no_running_loop(f"{cls.__name__}.{name}", instead)
     if async_object_session(instance) is not None:
         raise SyncInEventLoopError(
             f"{cls.__name__}.{name}() was called for a row of an AsyncSession, whose I/O runs "
