@@ -286,3 +286,63 @@ async def test_each_batch_is_checked_again_under_the_ledger_locks(move: Move) ->
                 await asort()
         await session.commit()
     assert await asort() == Sources(kept=[moved.location], unreferenced=[orphan.location])
+
+
+@pytest.mark.parametrize("first", ["collect", "delete sources"])
+async def test_an_object_written_through_the_mirror_and_released_is_collected_after_the_switch(
+    move: Move, first: str
+) -> None:
+    """Its ledger row names ``"mirror"``, a backend no longer registered once
+    the policy switched: the policy's collection takes it, as a ref naming it
+    would resolve to the policy's backend, and deletes the new copy; the last
+    step of the move deletes the old one. No audit needed. A row naming a
+    backend still registered (``old``'s ``"local"``) is left to that backend."""
+    env, old, new = move.env, move.old, move.new
+    before_id, before = await env.acommitted_doc(b"released before the move")
+    async with env.session() as session:
+        doc = await session.get(Doc, before_id)
+        assert doc is not None
+        await session.delete(doc)
+        await session.commit()
+    move.use(_manager("old", {"old": MirrorBackend(old, new), "new": new}))  # step 1
+    doc_id, released = await env.acommitted_doc(b"released during the move")
+    async with env.session() as session:
+        doc = await session.get(Doc, doc_id)
+        assert doc is not None
+        kept = await doc.aset_content(b"kept")
+        await session.commit()
+    assert released.backend == kept.backend == "mirror"
+    for ref in (released, kept):
+        assert await old.aexists(ref) and await new.aexists(ref)
+    move.use(move.after)  # the switch, with nothing collected before it
+    env.clock.advance(OLD)
+
+    async def acollect() -> GarbageCollectionReport:
+        return await move.collector().acollect(storage_key="docs", dry_run=False)
+
+    if first == "collect":
+        # When both backends are local disks, "local" is also new's own name.
+        same_name = new.backend_name == "local"
+        assert (await acollect()).deleted == 1 + same_name
+        assert not await new.aexists(released) and await old.aexists(released)
+        ledger = await move.aledger()
+        assert released.location not in ledger
+        assert (before.location in ledger) is not same_name
+        assert await old.aexists(before)
+        assert (await move.adelete_sources()).deleted == 2  # no rows left: the audit's path
+    else:
+        assert (await move.adelete_sources()).deleted == 2  # "mirror": a moved copy, row kept
+        assert not await old.aexists(released) and await new.aexists(released)
+        assert (await move.aledger())[released.location]["backend"] == "mirror"
+        assert (await acollect()).deleted == 1
+    assert not await old.aexists(released) and not await new.aexists(released)
+    assert not await old.aexists(before)
+    ledger = await move.aledger()
+    assert released.location not in ledger and before.location not in ledger
+    assert ledger[kept.location]["state"] == "live"
+    # The live object is untouched on both backends, read through the switched manager.
+    assert await move.after.aget(kept, verify=True) == b"kept"
+    assert await old.aget(kept) == b"kept"
+    for run in (move.collector().acollect, move.collector().aaudit):
+        report = await run(storage_key="docs", dry_run=False)
+        assert (report.deleted, report.failed) == (0, 0)

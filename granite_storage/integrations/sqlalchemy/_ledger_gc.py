@@ -58,7 +58,9 @@ class LedgerGarbageCollector(BaseCollector):
     rolled back, or whose process died), ``released`` rows (a ref replaced,
     cleared or deleted) and ``deleting`` rows (a run that stopped half-way),
     last changed before ``now - min_age``, that name the collected backend
-    (its ``backend_name``, or its key once ``migrate`` moved them). Each batch is *won* in one short
+    (its ``backend_name``, or its key once ``migrate`` moved them; on the
+    policy's own backend, also a backend no longer registered, such as the
+    ``MirrorBackend`` of a finished move). Each batch is *won* in one short
     transaction (PostgreSQL: ``FOR UPDATE SKIP LOCKED``, READ COMMITTED;
     SQLite: ``BEGIN IMMEDIATE``), checked against every ref column of the
     application's ``MetaData``, and committed as ``deleting``; then the
@@ -169,7 +171,7 @@ class LedgerGarbageCollector(BaseCollector):
         report, cap = plan.new_report(), plan.max_deletions
         started = time.monotonic()
         notify = functools.partial(self._notify, report, started)
-        table, wanted = self.ledger.table, _candidates(plan)
+        table, wanted = self.ledger.table, self._candidates(plan)
         old, young = await arun_on_connection(
             self.bind, lambda c: count_candidates(c, table, wanted)
         )
@@ -227,7 +229,7 @@ class LedgerGarbageCollector(BaseCollector):
     ) -> None:
         """Win, check and delete batches until no candidate is left to win."""
         table, metadata, cap = self.ledger.table, self.reference_metadata, plan.max_deletions
-        wanted = _candidates(plan)
+        wanted = self._candidates(plan)
 
         def win(conn: Connection, limit: int) -> Won:
             return win_candidates(
@@ -280,6 +282,18 @@ class LedgerGarbageCollector(BaseCollector):
         """Delete the ledger rows of objects that are gone."""
         table = self.ledger.table
         await arun_on_connection(self.bind, lambda c: forget(c, table, deleted))
+
+    def _candidates(self, plan: Plan) -> Candidates:
+        """The rows a listing-free collection of ``plan`` may take: on the
+        policy's own backend, those naming a backend no longer registered too."""
+        registered = None
+        if plan.backend_key == plan.policy.backend_key:
+            backends = self.manager.backends
+            registered = frozenset({*backends, *(b.backend_name for b in backends.values())})
+        return Candidates(
+            plan.policy.storage_key, _row_backends(plan), plan.cutoff, plan.leftover_cutoff,
+            registered,
+        )  # fmt: skip
 
     # -- the last step of a move ---------------------------------------------------
 
@@ -395,10 +409,3 @@ def _row_backends(plan: Plan) -> frozenset[str]:
     """What the ledger rows of objects on the plan's backend name: its
     ``backend_name`` (written there) or its key (moved there by ``migrate``)."""
     return frozenset({plan.backend.backend_name, plan.backend_key})
-
-
-def _candidates(plan: Plan) -> Candidates:
-    """The rows a listing-free collection of ``plan`` may take."""
-    return Candidates(
-        plan.policy.storage_key, _row_backends(plan), plan.cutoff, plan.leftover_cutoff
-    )

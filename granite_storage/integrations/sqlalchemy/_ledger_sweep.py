@@ -49,6 +49,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.elements import ColumnElement
 
 from granite_storage._util import batched
 from granite_storage.errors import ConfigurationError, LockUnavailableError
@@ -311,19 +312,29 @@ class Candidates:
     ``backends`` are the names a row of the collected backend carries: its
     ``backend_name`` (the rows written on it) and the key it is registered
     under (the rows ``granite-storage migrate`` moved to it).
+
+    ``registered``, given when the collected backend is the policy's own, are
+    the keys and ``backend_name`` of every backend the manager has: a row
+    naming none of them (a backend since removed, such as the
+    ``MirrorBackend`` of a finished move) is the policy's backend's too, as
+    a ref naming it would be.
     """
 
     storage_key: str
     backends: frozenset[str]
     cutoff: datetime
     reserved_cutoff: datetime
+    registered: frozenset[str] | None = None
 
     def where(self, table: Table, *, old: bool | None) -> list[Any]:
         """The WHERE clauses of the rows old enough (``old=True``), too young
         (``False``) or both (``None``)."""
+        named: ColumnElement[bool] = table.c.backend.in_(sorted(self.backends))
+        if self.registered is not None:
+            named = or_(named, table.c.backend.not_in(sorted(self.registered)))
         where = [
             table.c.storage_key == self.storage_key,
-            table.c.backend.in_(sorted(self.backends)),
+            named,
             table.c.state.in_([state.value for state in (*CANDIDATE_STATES, UPLOADING)]),
         ]
         if old is not None:
