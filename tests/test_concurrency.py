@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import anyio
 import anyio.to_thread
 import pytest
 
+from granite_storage import _concurrency as concurrency
 from granite_storage._concurrency import Checkpoint, CpuSlots, run_stoppable
 
 
@@ -43,8 +47,11 @@ async def test_an_anyio_cancellation_stops_the_job_at_its_next_checkpoint() -> N
     job = Job()
     with anyio.move_on_after(0.1):
         await run_stoppable(job)
-    assert job.ended == "CancelledError"
+    assert job.ended == "_Stopped"
     assert job.steps < 100
+    steps = job.steps
+    await asyncio.sleep(0.05)
+    assert job.steps == steps
 
 
 @pytest.mark.parametrize("how", ["task.cancel", "asyncio.timeout"])
@@ -67,17 +74,54 @@ async def test_a_native_asyncio_cancellation_waits_until_the_job_has_stopped(how
     assert job.steps == steps
 
 
-async def test_a_job_cancelled_before_its_thread_starts_never_runs() -> None:
+async def test_a_job_cancelled_before_its_thread_starts_never_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     job = Job()
-    limiter = anyio.to_thread.current_default_thread_limiter()  # this test's loop only
-    limiter.total_tokens = 1
-    async with limiter:  # no thread token left: the job waits for one
-        task = asyncio.create_task(run_stoppable(job))
-        await asyncio.sleep(0.01)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+    busy = threading.Event()
+    executor = ThreadPoolExecutor(1)
+    monkeypatch.setattr(concurrency, "_executor", executor)
+    executor.submit(busy.wait)  # no thread left: the job waits for one
+    task = asyncio.create_task(run_stoppable(job))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    busy.set()
+    executor.shutdown(wait=False)
+    await anyio.to_thread.run_sync(executor.shutdown)  # the queued job would run by now
     assert job.ended is None and not job.started.is_set()
+
+
+async def test_jobs_run_in_the_callers_context_on_the_job_threads() -> None:
+    where: contextvars.ContextVar[str] = contextvars.ContextVar("where")
+    where.set("caller")
+
+    def job(checkpoint: Checkpoint) -> tuple[str, str]:
+        return where.get(), threading.current_thread().name
+
+    value, thread = await run_stoppable(job)
+    assert value == "caller"
+    assert thread.startswith("granite-storage")
+
+
+def test_a_forked_child_gets_a_pool_of_its_own() -> None:
+    parent = concurrency.job_executor()
+    parent.submit(int).result()  # the parent's pool has a thread
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's threads do not exist here
+        try:
+            child = concurrency.job_executor()
+            ok = child is not parent and child.submit(lambda: 42).result(timeout=5) == 42
+            os.write(write, b"ok" if ok else b"no")
+        finally:
+            os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    assert os.read(read, 2) == b"ok" and status == 0
+    os.close(read)
+    assert concurrency.job_executor() is parent
 
 
 def test_cpu_slots_let_in_at_most_their_number_of_threads() -> None:

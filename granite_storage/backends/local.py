@@ -296,7 +296,7 @@ class LocalStorageBackend(StorageBackend):
         second = await anext(chunks, None) if first else None
         if second is None:
             with translate_os_errors("write", location):
-                return await anyio.to_thread.run_sync(self._put_whole, first, location)
+                return await run_stoppable(lambda _: self._put_whole(first, location))
         # A larger one goes to one writer thread of its own, which the event
         # loop feeds chunk by chunk (one hand-off each) while it hashes in
         # another: the same copy loop as for a sync file.

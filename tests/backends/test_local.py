@@ -20,9 +20,10 @@ import anyio
 import pytest
 
 from granite_storage import InvalidLocationError, StorageManager, StoredObjectRef
-from granite_storage._concurrency import CpuSlots
+from granite_storage._concurrency import Checkpoint, CpuSlots
 from granite_storage.backends import local as local_module
 from granite_storage.backends.local import TEMP_DIR_NAME, TEMP_PREFIX, LocalStorageBackend
+from granite_storage.contracts import PutResult
 from granite_storage.errors import BackendError, ContentTooLargeError
 from granite_storage.streams import SizeLimiter
 from granite_storage.streams import chunks_of as aiter_chunks
@@ -333,11 +334,18 @@ async def test_a_file_is_copied_by_one_worker_thread_call(
         return await real_run_sync(func, *args, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(anyio.to_thread, "run_sync", counting_run_sync)
+    real_job_hop = local_module.run_stoppable
+
+    async def counting_job_hop(job: Callable[[Checkpoint], PutResult]) -> PutResult:
+        calls.append("job")
+        return await real_job_hop(job)
+
+    monkeypatch.setattr(local_module, "run_stoppable", counting_job_hop)
     chunks = acoalesce(SizeLimiter(aiter_chunks(io.BytesIO(data)), None))
     result = await backend.aput_stream(key="docs/big.bin", chunks=chunks)
     assert result.checksum == "sha256:" + hashlib.sha256(data).hexdigest()
     assert result.size == len(data)
-    assert len(calls) == 1, calls  # not one or more per 1 MiB chunk
+    assert calls == ["job"]  # not one or more per 1 MiB chunk
     assert await anyio.Path(tmp_path / "docs" / "big.bin").read_bytes() == data
 
 
