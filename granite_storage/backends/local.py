@@ -149,23 +149,22 @@ class LocalStorageBackend(StorageBackend):
         """
         check_not_reserved(location)
         path = self._root()
+        made = False  # below a directory made here, every level is new: no lstat
         for segment in location.split("/")[:-1]:
             path = os.path.join(path, segment)
             # lstat first: mkdir of an existing directory still takes its
             # parent's lock, which concurrent writes would queue on.
-            try:
-                mode = os.lstat(path).st_mode
-            except FileNotFoundError:
+            mode = None if made else _lstat_mode(path)
+            if mode is None:
                 if not create:
                     return None
                 try:
                     os.mkdir(path)
+                    made = True
                     continue
                 except FileExistsError:  # made meanwhile by a concurrent write
-                    pass
-                try:
-                    mode = os.lstat(path).st_mode
-                except FileNotFoundError:  # ... and pruned again by a delete
+                    mode = _lstat_mode(path)
+                if mode is None:  # ... and pruned again by a delete
                     return None
             if stat.S_ISLNK(mode):
                 raise InvalidLocationError(
@@ -338,6 +337,14 @@ class LocalStorageBackend(StorageBackend):
         if dry_run:
             return len(stale)
         return await anyio.to_thread.run_sync(remove_files, root, stale)
+
+
+def _lstat_mode(path: str) -> int | None:
+    """The mode of ``path`` itself (a symlink is not followed); ``None`` if missing."""
+    try:
+        return os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
 
 
 def _write_all(file: BinaryIO, chunk: bytes) -> None:
