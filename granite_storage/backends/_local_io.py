@@ -9,6 +9,7 @@ Writes and deletes stay in :mod:`granite_storage.backends.local`.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -67,22 +68,38 @@ def translate_os_errors(action: str, location: str | None) -> Iterator[None]:
 
 
 class FileReader(ObjectReader):
-    """Reads ``size`` bytes of an open file, each read in a worker thread."""
+    """Reads ``size`` bytes of an open file, each read in a worker thread.
+
+    A read whose caller was cancelled by ``task.cancel()`` runs on in its
+    thread; the close waits for it (one lock around both), so the file is
+    never closed under a read in flight, and a read that starts after the
+    close fails on the closed file instead of reading whatever file was
+    opened meanwhile under the same descriptor number.
+    """
 
     def __init__(self, file: BinaryIO, *, size: int) -> None:
         super().__init__(size=size)
         self._file = file
         self._remaining = size
+        self._using = threading.Lock()
+
+    def _read(self, size: int) -> bytes:
+        with self._using:
+            return self._file.read(size)
+
+    def _close(self) -> None:
+        with self._using:
+            self._file.close()
 
     async def _read_chunk(self, max_bytes: int) -> bytes:
         if self._remaining <= 0:
             return b""
-        chunk = await anyio.to_thread.run_sync(self._file.read, min(max_bytes, self._remaining))
+        chunk = await anyio.to_thread.run_sync(self._read, min(max_bytes, self._remaining))
         self._remaining -= len(chunk)
         return chunk
 
     async def aclose(self) -> None:
-        await anyio.to_thread.run_sync(self._file.close)
+        await anyio.to_thread.run_sync(self._close)
 
 
 def scan(root: str, prefix: str | None) -> Iterator[list[ObjectInfo]]:

@@ -475,3 +475,43 @@ async def test_concurrent_file_copies_write_one_slot_at_a_time(
             tg.start_soon(put_stream, manager, io.BytesIO(data))
     assert most == 1
     assert len(await anyio.to_thread.run_sync(files_under, tmp_path)) == 4
+
+
+class BlockedFile(io.RawIOBase):
+    """A file whose reads wait until released, and that records its close."""
+
+    def __init__(self) -> None:
+        self.reading = threading.Event()
+        self.release = threading.Event()
+        self.reads_ended = 0
+        self.closed_during_a_read = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        self.reading.set()
+        self.release.wait(5)
+        self.reads_ended += 1
+        return b"x" * max(size, 0)
+
+    def close(self) -> None:
+        if self.reading.is_set() and not self.reads_ended:
+            self.closed_during_a_read = True
+        super().close()
+
+
+async def test_a_reader_is_not_closed_under_a_read_its_cancelled_caller_left() -> None:
+    """``task.cancel()`` leaves the read running in its worker thread; the
+    close must wait for it (or a descriptor reused meanwhile could be read)."""
+    file = BlockedFile()
+    reader = local_module.FileReader(file, size=100)  # type: ignore[arg-type]
+    task = asyncio.create_task(reader.read(10))
+    await anyio.to_thread.run_sync(file.reading.wait)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    threading.Timer(0.1, file.release.set).start()
+    await reader.aclose()  # waits for the read, in a worker thread
+    assert file.reads_ended == 1
+    assert file.closed and not file.closed_during_a_read
