@@ -388,8 +388,15 @@ class _Auditor(Protocol):
     ) -> GarbageCollectionReport: ...
 
 
+#: The command's collections report progress at least every this many refs or objects.
+_PROGRESS_EVERY = 1000
+
+
 def _collector(args: argparse.Namespace, value: object) -> BaseCollector:
-    """The factory's collector, or a ``StorageGarbageCollector`` over its references."""
+    """The factory's collector, or a ``StorageGarbageCollector`` over its
+    references, printing the command's progress lines (unless ``--quiet``, or
+    a ready collector has a ``progress`` callback of its own)."""
+    printer = None if args.quiet else _ProgressPrinter(sys.stderr, args.progress_interval)
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], BaseCollector):
         if not isinstance(value[0], StorageManager) or value[1].manager is not value[0]:
             raise FactoryError(
@@ -397,16 +404,12 @@ def _collector(args: argparse.Namespace, value: object) -> BaseCollector:
                 "yielded with it; yield (manager, collector) built on that manager"
             )
         collector = value[1]
-        if collector.progress is None and not args.quiet:  # the command's progress lines
-            collector.progress = _ProgressPrinter(sys.stderr, args.progress_interval)
-            collector.progress_every = 1000
+        if collector.progress is None and printer is not None:
+            collector.progress, collector.progress_every = printer, _PROGRESS_EVERY
         return collector
     manager, iter_references = _unpack(args.factory, value)
     return StorageGarbageCollector(
-        manager,
-        iter_references,
-        progress=None if args.quiet else _ProgressPrinter(sys.stderr, args.progress_interval),
-        progress_every=1000,
+        manager, iter_references, progress=printer, progress_every=_PROGRESS_EVERY
     )
 
 
