@@ -185,7 +185,7 @@ class LedgerGarbageCollector(BaseCollector):
                 self.bind, lambda c: sample_candidates(c, table, wanted, ORPHAN_SAMPLE_SIZE)
             )
         else:
-            await self._asweep(report, plan, candidates=old, notify=notify)
+            await self._asweep(report, plan, wanted, candidates=old, notify=notify)
         report.orphaned = report.skipped_too_young + report.eligible
         if self.cleanup_leftovers:
             notify("leftovers")
@@ -223,13 +223,13 @@ class LedgerGarbageCollector(BaseCollector):
         self,
         report: GarbageCollectionReport,
         plan: Plan,
+        wanted: Candidates,
         *,
         candidates: int,
         notify: Callable[[Phase], None],
     ) -> None:
-        """Win, check and delete batches until no candidate is left to win."""
+        """Win, check and delete batches of the ``wanted`` rows until none is left to win."""
         table, metadata, cap = self.ledger.table, self.reference_metadata, plan.max_deletions
-        wanted = self._candidates(plan)
 
         def win(conn: Connection, limit: int) -> Won:
             return win_candidates(
