@@ -25,8 +25,8 @@ does not return (a read of a pipe nobody writes to) holds its cancelled
 caller until the call returns, as anyio does for any worker thread it was
 not told to abandon.
 
-Its jobs (every local upload whose bytes are in memory or in a sync file)
-run on :func:`job_executor`'s threads, handed over with asyncio's
+Its jobs (every local upload but an async source of more than one chunk,
+which :func:`run_fed` writes) run on :func:`job_executor`'s threads, handed over with asyncio's
 ``run_in_executor``: under 32 concurrent small uploads anyio's
 ``to_thread.run_sync`` cost about 10% more CPU per upload (its checkpoints,
 capacity limiter and cancel scopes), which the stoppable hand-shake makes
