@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from benchmarks._context import Context, Job, empty_dir, extra, per_second
@@ -160,18 +161,27 @@ async def raw_async_small(
 ) -> dict[str, float]:  # fmt: skip
     """The same file operations driven from the event loop, one worker-thread
     call per upload from ``concurrency`` tasks: the floor of any async library.
-    ``writes``: see :func:`_raw_put`. ``hop``: ``"anyio"`` (``to_thread.run_sync``)
-    or ``"executor"`` (asyncio's ``run_in_executor`` on a pool of 40 threads, as
-    granite_storage's local uploads hand their jobs over)."""
+    ``writes``: see :func:`_raw_put`. ``hop``: ``"anyio"`` (``to_thread.run_sync``),
+    ``"executor"`` (asyncio's ``run_in_executor`` on a pool of 40 threads: how
+    a hand-written asyncio program hands work to threads) or ``"job-pool"``
+    (granite_storage's own job pool, which its local uploads use)."""
     import anyio.to_thread
 
     put = _raw_put(root, random_block(size), fsync, writes)
+    loop = asyncio.get_running_loop()
     if hop == "executor":
-        loop = asyncio.get_running_loop()
         pool = ThreadPoolExecutor(40)
 
         async def upload(index: int) -> None:
             await loop.run_in_executor(pool, put, index)
+
+    elif hop == "job-pool":
+        from granite_storage._jobs import job_pool
+
+        jobs = job_pool()
+
+        async def upload(index: int) -> None:
+            await jobs.submit(loop, partial(put, index))
 
     else:
 
@@ -218,6 +228,7 @@ def run(ctx: Context) -> list[Row]:
             "raw": Job(f"{mod}:raw_small", kwargs),
             "raw-async": Job(f"{mod}:raw_async_small", kwargs),
             "raw-executor": Job(f"{mod}:raw_async_small", {**kwargs, "hop": "executor"}),
+            "raw-pool": Job(f"{mod}:raw_async_small", {**kwargs, "hop": "job-pool"}),
         }
         if not fsync:
             jobs["0.1.0"] = Job(f"{mod}:legacy_small", kwargs, legacy=True)
@@ -237,10 +248,15 @@ def run(ctx: Context) -> list[Row]:
         executor_label = f"raw file ops, one asyncio executor call each from {conc} tasks" + (
             " +fsync" if fsync else ""
         )
+        pool_label = f"raw file ops through granite_storage's job pool, from {conc} tasks" + (
+            " +fsync" if fsync else ""
+        )
         old = out.get("0.1.0")
-        # The issue's raw: the same file operations through the same thread
-        # pool, which for an async library is handed each upload by the loop.
-        targets = [Target(">= 0.9x raw, same pool", 0.9, against=executor_label)]
+        # The issue's raw: the same file operations through a pool of the same
+        # 40 threads, handed each upload by the loop as an asyncio program
+        # does it by hand. granite_storage hands its jobs over more cheaply
+        # (its job pool): the same operations through that pool are shown too.
+        targets = [Target(">= 0.9x raw, 40-thread pool", 0.9, against=executor_label)]
         if not fsync:
             targets.insert(0, Target(">= 1.0x 0.1.0", 1.0, against="granite-storage 0.1.0"))
         variants = [("granite", "policy defaults"), ("no-detect", "detect_content_type=False")]
@@ -253,7 +269,8 @@ def run(ctx: Context) -> list[Row]:
             rates = [out["raw"].figure(raw_label, rate, short="raw"),
                      out["raw-async"].figure(async_label, rate, short="raw async"),
                      out["raw-executor"].figure(executor_label, rate,
-                                                short="raw executor")]  # fmt: skip
+                                                short="raw executor"),
+                     out["raw-pool"].figure(pool_label, rate, short="raw job pool")]  # fmt: skip
             if "raw-inplace" in out:
                 rates.append(out["raw-inplace"].figure(inplace_label, rate, short="raw in place"))
                 rates.append(out["raw-0.1.0"].figure(flat_label, rate, short="raw 0.1.0 ops"))
@@ -269,7 +286,8 @@ def run(ctx: Context) -> list[Row]:
                     [out["raw"].figure(raw_label, cpu_per_file, short="raw"),
                      out["raw-async"].figure(async_label, cpu_per_file, short="raw async"),
                      out["raw-executor"].figure(executor_label, cpu_per_file,
-                                                short="raw executor")],
+                                                short="raw executor"),
+                     out["raw-pool"].figure(pool_label, cpu_per_file, short="raw job pool")],
                     note="user+system CPU of the process over the run, all threads, per file"),
             ]  # fmt: skip
     return rows

@@ -26,12 +26,15 @@ caller until the call returns, as anyio does for any worker thread it was
 not told to abandon.
 
 Its jobs (every local upload but an async source of more than one chunk,
-which :func:`run_fed` writes) run on :func:`job_executor`'s threads, handed over with asyncio's
-``run_in_executor``: under 32 concurrent small uploads anyio's
-``to_thread.run_sync`` cost about 10% more CPU per upload (its checkpoints,
-capacity limiter and cancel scopes), which the stoppable hand-shake makes
-unnecessary here. granite_storage runs on asyncio (as aiofiles and
-aiobotocore do).
+which :func:`run_fed` writes) run on the threads of
+:func:`~granite_storage._jobs.job_pool`, one queue put and one
+``call_soon_threadsafe`` per job: under 32 concurrent small uploads anyio's
+``to_thread.run_sync`` cost about 10% more CPU per upload than asyncio's
+``run_in_executor`` (its checkpoints, capacity limiter and cancel scopes,
+which the stoppable hand-shake makes unnecessary here), and
+``run_in_executor`` about 20% more than the job pool (see
+:mod:`granite_storage._jobs`). granite_storage runs on asyncio (as aiofiles
+and aiobotocore do).
 """
 
 from __future__ import annotations
@@ -43,13 +46,14 @@ import os
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
+from granite_storage._jobs import job_pool
 from granite_storage.errors import SyncInEventLoopError
 
 T = TypeVar("T")
@@ -116,36 +120,9 @@ class _JobState:
             pass
 
 
-#: Threads of :func:`job_executor`: anyio's default thread limit, so as many
-#: uploads write (and fsync) at once as through ``anyio.to_thread``.
-JOB_THREADS = 40
-_executor: ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
-
-
-def job_executor() -> ThreadPoolExecutor:
-    """The process's pool for :func:`run_stoppable` jobs, made on first use
-    (threads start as jobs need them); a forked child makes its own."""
-    global _executor
-    if _executor is None:
-        with _executor_lock:
-            if _executor is None:
-                _executor = ThreadPoolExecutor(JOB_THREADS, thread_name_prefix="granite-storage")
-    return _executor
-
-
-def _forget_executor() -> None:
-    """In a forked child: the parent's threads do not exist here."""
-    global _executor, _executor_lock
-    _executor, _executor_lock = None, threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_executor)
-
-
 async def run_stoppable(job: Callable[[Checkpoint], T]) -> T:
-    """Run ``job(checkpoint)`` in a worker thread (:func:`job_executor`'s, in
-    a copy of the caller's context) and return its result.
+    """Run ``job(checkpoint)`` in a worker thread (:func:`~granite_storage._jobs.job_pool`'s,
+    in a copy of the caller's context) and return its result.
 
     However the caller is cancelled, the job raises at its next
     ``checkpoint()`` call (it must clean up in ``except``/``finally``), and
@@ -160,9 +137,9 @@ async def run_stoppable(job: Callable[[Checkpoint], T]) -> T:
                 raise _Stopped
             return job(state.checkpoint)
 
-    run = contextvars.copy_context().run
+    in_context = partial(contextvars.copy_context().run, target)
     try:
-        return await asyncio.get_running_loop().run_in_executor(job_executor(), run, target)
+        return await job_pool().submit(asyncio.get_running_loop(), in_context)
     except BaseException:
         state.stopped = True
         if state.started and state.running.locked():  # not ended: still copying

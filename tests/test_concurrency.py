@@ -7,14 +7,14 @@ import contextvars
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import anyio
 import anyio.to_thread
 import pytest
 
-from granite_storage import _concurrency as concurrency
+from granite_storage import _jobs as jobs
 from granite_storage._concurrency import Checkpoint, CpuSlots, run_stoppable
+from granite_storage._jobs import JobPool
 
 
 class Job:
@@ -79,17 +79,18 @@ async def test_a_job_cancelled_before_its_thread_starts_never_runs(
 ) -> None:
     job = Job()
     busy = threading.Event()
-    executor = ThreadPoolExecutor(1)
-    monkeypatch.setattr(concurrency, "_executor", executor)
-    executor.submit(busy.wait)  # no thread left: the job waits for one
+    pool = JobPool(1)
+    monkeypatch.setattr(jobs, "_pool", pool)
+    blocker = pool.submit(asyncio.get_running_loop(), busy.wait)  # no thread left
     task = asyncio.create_task(run_stoppable(job))
     await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     busy.set()
-    executor.shutdown(wait=False)
-    await anyio.to_thread.run_sync(executor.shutdown)  # the queued job would run by now
+    await blocker
+    # The queued job came next on the one thread, saw its caller gone and ended.
+    await pool.submit(asyncio.get_running_loop(), lambda: None)
     assert job.ended is None and not job.started.is_set()
 
 
@@ -106,14 +107,17 @@ async def test_jobs_run_in_the_callers_context_on_the_job_threads() -> None:
 
 
 def test_a_forked_child_gets_a_pool_of_its_own() -> None:
-    parent = concurrency.job_executor()
-    parent.submit(int).result()  # the parent's pool has a thread
+    async def answer(pool: JobPool) -> int:
+        return await pool.submit(asyncio.get_running_loop(), lambda: 42)
+
+    parent = jobs.job_pool()
+    assert asyncio.run(answer(parent)) == 42  # the parent's pool has a thread
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: the parent's threads do not exist here
         try:
-            child = concurrency.job_executor()
-            ok = child is not parent and child.submit(lambda: 42).result(timeout=5) == 42
+            child = jobs.job_pool()
+            ok = child is not parent and asyncio.run(asyncio.wait_for(answer(child), 5)) == 42
             os.write(write, b"ok" if ok else b"no")
         finally:
             os._exit(0)
@@ -121,7 +125,61 @@ def test_a_forked_child_gets_a_pool_of_its_own() -> None:
     _, status = os.waitpid(pid, 0)
     assert os.read(read, 2) == b"ok" and status == 0
     os.close(read)
-    assert concurrency.job_executor() is parent
+    assert jobs.job_pool() is parent
+
+
+async def test_the_pool_hands_back_results_and_errors() -> None:
+    pool = JobPool(2)
+    loop = asyncio.get_running_loop()
+    assert await pool.submit(loop, threading.current_thread) is not threading.current_thread()
+    with pytest.raises(ZeroDivisionError):
+        await pool.submit(loop, lambda: 1 / 0)
+
+    def stop() -> None:
+        raise StopIteration  # an asyncio future refuses it as it is
+
+    with pytest.raises(RuntimeError, match="StopIteration"):
+        await asyncio.wait_for(pool.submit(loop, stop), 5)
+
+
+async def test_the_pool_reuses_idle_threads_and_starts_at_most_its_limit() -> None:
+    pool = JobPool(3, name="test-pool")
+    loop = asyncio.get_running_loop()
+    for _ in range(5):  # one after another: the first thread does them all
+        await pool.submit(loop, int)
+    assert pool._threads == 1
+    gate = threading.Barrier(3, timeout=5)  # three jobs that only end together
+    names = await asyncio.gather(
+        *(pool.submit(loop, lambda: (gate.wait(), threading.current_thread().name)[1])
+          for _ in range(3))
+    )  # fmt: skip
+    assert sorted(names) == ["test-pool_0", "test-pool_1", "test-pool_2"]
+    busy = threading.Event()
+    blocked = [pool.submit(loop, busy.wait) for _ in range(3)]
+    late = pool.submit(loop, lambda: "ran")  # waits for a thread: no fourth one
+    await asyncio.sleep(0.05)
+    assert pool._threads == 3 and not late.done()
+    busy.set()
+    await asyncio.gather(*blocked)
+    assert await late == "ran"
+    with pytest.raises(ValueError, match="at least one thread"):
+        JobPool(0)
+
+
+async def test_a_cancelled_future_and_a_closed_loop_leave_the_threads_working() -> None:
+    pool = JobPool(1)
+    release = threading.Event()
+    loop = asyncio.get_running_loop()
+    cancelled = pool.submit(loop, release.wait)
+    cancelled.cancel()
+    release.set()
+
+    other = asyncio.new_event_loop()
+    gone = threading.Event()
+    pool.submit(other, gone.wait)  # its loop closes before the job ends
+    other.close()
+    gone.set()
+    assert await asyncio.wait_for(pool.submit(loop, lambda: "still here"), 5) == "still here"
 
 
 def test_cpu_slots_let_in_at_most_their_number_of_threads() -> None:
