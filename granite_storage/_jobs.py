@@ -19,7 +19,6 @@ The pool does nothing to stop a job whose caller went away: the caller
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import os
 import queue
 import threading
@@ -34,12 +33,9 @@ T = TypeVar("T")
 #: uploads write (and fsync) at once as through ``anyio.to_thread``.
 JOB_THREADS = 40
 
-#: Where results are handed to the futures: setting a result runs no user code.
-_SETTLE_CONTEXT = contextvars.Context()
-
 
 class JobPool:
-    """Up to ``max_threads`` daemon threads named ``<name>_<n>``, started as
+    """Up to ``max_threads`` daemon threads named ``<name>-<n>``, started as
     jobs need them (an idle thread takes the next job first).
 
     Daemon threads: an idle one must not hold the interpreter's exit, and a
@@ -79,7 +75,7 @@ class JobPool:
     def _start_thread(self) -> None:
         with self._starting:
             if self._threads < self.max_threads:
-                name = f"{self.name}_{self._threads}"
+                name = f"{self.name}-{self._threads}"
                 threading.Thread(target=self._work, name=name, daemon=True).start()
                 self._threads += 1
 
@@ -96,9 +92,7 @@ class JobPool:
             # next job at once finds this thread instead of starting another.
             self._idle.append(None)
             with suppress(RuntimeError):  # the loop closed: nobody is waiting for it
-                loop.call_soon_threadsafe(
-                    _settle, future, result, exception, context=_SETTLE_CONTEXT
-                )
+                loop.call_soon_threadsafe(_settle, future, result, exception)
             del loop, future, function, result, exception  # hold nothing while idle
 
 

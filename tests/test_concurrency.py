@@ -7,6 +7,7 @@ import contextvars
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import anyio
 import anyio.to_thread
@@ -153,7 +154,7 @@ async def test_the_pool_reuses_idle_threads_and_starts_at_most_its_limit() -> No
         *(pool.submit(loop, lambda: (gate.wait(), threading.current_thread().name)[1])
           for _ in range(3))
     )  # fmt: skip
-    assert sorted(names) == ["test-pool_0", "test-pool_1", "test-pool_2"]
+    assert sorted(names) == ["test-pool-0", "test-pool-1", "test-pool-2"]
     busy = threading.Event()
     blocked = [pool.submit(loop, busy.wait) for _ in range(3)]
     late = pool.submit(loop, lambda: "ran")  # waits for a thread: no fourth one
@@ -231,3 +232,18 @@ def test_a_stuck_slot_holder_holds_the_others_up_only_briefly() -> None:
         thread.join()
     # three waits of 20 ms, then no more asking: not 50 of them (1 s)
     assert 0.05 < waited < 0.5
+
+
+def test_event_loops_in_two_threads_share_the_pool() -> None:
+    # Results reach each loop's futures while the other loop settles its own.
+    pool = JobPool(4)
+
+    async def many() -> list[int]:
+        loop = asyncio.get_running_loop()
+        return await asyncio.wait_for(
+            asyncio.gather(*(pool.submit(loop, lambda n=n: n) for n in range(3000))), 30
+        )
+
+    with ThreadPoolExecutor(2) as threads:
+        runs = [threads.submit(asyncio.run, many()) for _ in range(2)]
+        assert [run.result() for run in runs] == [list(range(3000))] * 2

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from hypothesis import given
@@ -124,6 +126,20 @@ def test_unique_names_are_128_random_bits_never_repeated() -> None:
     assert len(set(names)) == len(names)
     # Every bit varies (uuid4 fixes six of them): no nibble is constant.
     assert all(len({name[i] for name in names}) == 16 for i in range(32))
+
+
+def test_threads_taking_names_at_once_never_get_the_same_one() -> None:
+    # No lock: the list's pop hands each name out once, and threads that
+    # find it empty at the same time each fetch more.
+    start = threading.Barrier(8)
+
+    def take() -> list[str]:
+        start.wait()
+        return [unique_name() for _ in range(3000)]
+
+    with ThreadPoolExecutor(8) as pool:
+        names = [name for taken in pool.map(lambda _: take(), range(8)) for name in taken]
+    assert len(names) == 24000 and len(set(names)) == len(names)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX-only")
