@@ -5,6 +5,7 @@ from the file name's extension."""
 from __future__ import annotations
 
 import threading
+from functools import partial
 
 import anyio.to_thread
 
@@ -17,6 +18,7 @@ except ImportError as exc:  # python-magic loads libmagic when imported
         "`apk add libmagic` (Alpine), `brew install libmagic` (macOS)."
     ) from exc
 
+from granite_storage._jobs import run_job
 from granite_storage._signatures import MIN_HEAD, SIGNATURES, ZIP_ENTRY, sniff
 from granite_storage.http import aguess_content_type
 
@@ -85,8 +87,9 @@ async def aclassify(head: bytes) -> str:
         return found
     # What the table leaves to libmagic costs it 70 us (a ZIP it must look
     # into) to 1.5 ms (prose), more than a hop to a worker thread (~40 us),
-    # where it runs with the GIL released (benchmarks/detect.py).
-    return await anyio.to_thread.run_sync(libmagic_type, head[:_DETECT_SIZE])
+    # where it runs with the GIL released (benchmarks/detect.py). The hop is
+    # the job pool's, the cheapest there is here (see granite_storage._jobs).
+    return await run_job(partial(libmagic_type, head[:_DETECT_SIZE]))
 
 
 async def adetect_content_type(head: bytes, filename: str | None) -> str:

@@ -9,6 +9,7 @@ nothing behind, at once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import itertools
 import os
@@ -27,6 +28,7 @@ import pytest
 from starlette.datastructures import UploadFile
 
 from granite_storage import StorageManager, StoredObjectRef
+from granite_storage import _detect as detect_module
 from granite_storage._concurrency import Checkpoint, Pull, run_fed
 from granite_storage.backends import local as local_module
 from granite_storage.backends.local import LocalStorageBackend
@@ -66,12 +68,14 @@ def thread_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     def counting(real: Callable[..., Any], name: str | None = None) -> Callable[..., Any]:
         async def run(func: Callable[..., object], *args: object, **kw: object) -> object:
-            calls.append(name or getattr(func, "__name__", repr(func)))
+            called = func.func if isinstance(func, functools.partial) else func
+            calls.append(name or getattr(called, "__name__", repr(func)))
             return await real(func, *args, **kw)
 
         return run
 
     monkeypatch.setattr(anyio.to_thread, "run_sync", counting(anyio.to_thread.run_sync))
+    monkeypatch.setattr(detect_module, "run_job", counting(detect_module.run_job))
     monkeypatch.setattr(local_module, "run_stoppable", counting(local_module.run_stoppable, "copy"))
     return calls
 
