@@ -35,19 +35,19 @@ def main() -> None:
     module_name, _, function_name = request["target"].partition(":")
     workload = getattr(importlib.import_module(module_name), function_name)
     reset = request.get("reset")
-    timer = Timer(EmptyDir(reset["path"], tuple(reset["warm"])) if reset else None)
+    timer = Timer(EmptyDir(**{**reset, "warm": tuple(reset["warm"])}) if reset else None)
     kwargs: dict[str, Any] = request["kwargs"]
     if inspect.iscoroutinefunction(workload):
         extra = asyncio.run(workload(timer, **kwargs))
     else:
         extra = workload(timer, **kwargs)
-    if timer.seconds is None or timer.rss_growth is None:
+    if timer.seconds is None or timer.cpu_seconds is None or timer.rss_growth is None:
         raise RuntimeError(f"{request['target']} never entered its timer")
     result = {
         "seconds": timer.seconds,
         "rss_growth": timer.rss_growth,
         "exact_memory": timer.exact_memory,
-        "extra": extra or {},
+        "extra": {**(extra or {}), "cpu_seconds": timer.cpu_seconds},
     }
     print(RESULT_MARKER + json.dumps(result), flush=True)
 

@@ -197,8 +197,9 @@ class Context:
         timeout: float = 900.0,
     ) -> dict[str, Outcome]:
         """Measure several workloads, :attr:`runs` times each, interleaved
-        (A, B, C, A, B, C, ...) so that slow spells of a shared machine hit
-        them alike. Every run is a fresh child process.
+        and rotated (A, B, C, B, C, A, C, A, B, ...) so that slow spells of a
+        shared machine, and whatever the run before leaves behind, hit them
+        alike. Every run is a fresh child process.
 
         A job with ``legacy=True`` runs with granite-storage 0.1.0, or is
         reported as not available. A failing job is not run again.
@@ -216,9 +217,11 @@ class Context:
             else:
                 self.log(f"  {job.target}{' [0.1.0]' if job.legacy else ''}")
         rounds = (runs or self.runs) + (1 if warmup else 0)
+        order = list(jobs.items())
         for round_index in range(rounds):
             counted = not (warmup and round_index == 0)
-            for name, job in jobs.items():
+            turn = round_index % len(order)
+            for name, job in order[turn:] + order[:turn]:
                 if name in errors:
                     continue
                 reset = before_each if isinstance(before_each, EmptyDir) else None
@@ -251,8 +254,10 @@ class Context:
         return outcome.figure(LEGACY_LABEL, per_run, worst=worst, short="0.1.0")
 
 
-def empty_dir(path: Path, *, warm: tuple[Path, ...] = ()) -> EmptyDir:
-    """A ``before_each`` hook: empty ``path``, flush dirty pages, and read the
-    files in ``warm`` (the runs' sources) into the page cache. The measurement
-    child runs it itself, just before its workload (see :class:`EmptyDir`)."""
-    return EmptyDir(str(path), tuple(str(p) for p in warm))
+def empty_dir(path: Path, *, warm: tuple[Path, ...] = (), writes: int = 0) -> EmptyDir:
+    """A ``before_each`` hook: empty ``path``, flush dirty pages, read the
+    files in ``warm`` (the runs' sources) into the page cache, and recycle
+    free memory for the ``writes`` bytes the workload will write (see
+    :func:`~benchmarks._harness.recycle_free_pages`). The measurement child
+    runs it itself, just before its workload (see :class:`EmptyDir`)."""
+    return EmptyDir(str(path), tuple(str(p) for p in warm), writes)

@@ -278,7 +278,9 @@ def run(ctx: Context) -> list[Row]:
             jobs["0.1.0"] = Job(f"{_MOD}:legacy_{name}", kwargs, legacy=True)
         # A read run reads what it wrote before its timer: the root is emptied
         # by the parent, not when the timer starts.
-        before: Any = empty_dir(root, warm=(source,)) if name == "upload" else _remover(root)
+        before: Any = _remover(root)
+        if name == "upload":
+            before = empty_dir(root, warm=(source,), writes=mib * MIB)
         out = ctx.compare(jobs, before_each=before, warmup=True)
         rows.append(
             Row(
