@@ -183,9 +183,9 @@ def recycle_free_pages(directory: str | Path, writes: int) -> None:
     Some VMs report free guest memory to the host (virtio-balloon free page
     reporting) and reclaim idle page cache; the guest then pays for every
     page it touches again. On the 2-core VM this suite was built on, writing
-    512 MiB (read+sha256+write, in-process) ran at 800-940 MiB/s with 0.2-0.4 s
+    512 MiB (read+sha256+write, in-process) ran at 709-941 MiB/s with 0.2-0.4 s
     of system CPU right after another 512 MiB file was deleted, and at
-    210-370 MiB/s with 0.9-2.1 s when 2-3 s had passed. Which child found
+    206-370 MiB/s with 0.95-2.14 s when 2-3 s had passed. Which child found
     warm memory decided large-upload rows (a sync-file upload at 314 MiB/s
     with 2.2 s of CPU, and 1,297 MiB/s with 0.8 s, in one run). Recycled just
     before the timer starts, every run writes into warm memory. The file is
